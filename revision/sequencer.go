@@ -1,0 +1,613 @@
+// Package revision is Axon's single writer: one goroutine owns revision
+// assignment. It takes queued Put/DeleteRange/Txn/Compact and lease
+// requests, evaluates Txn compares against the latest state, assigns
+// gap-free main revisions and commits whole groups of requests in one
+// backend batch (one sync), then publishes the events in revision order and
+// acknowledges. It must not serve reads to clients nor know gRPC transport
+// details; package server does that.
+package revision
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/axon-kv/axon/backend"
+	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/proto/axonpb"
+)
+
+// ErrStopped is returned for requests made after Close.
+var ErrStopped = errors.New("revision: writer stopped")
+
+// Options tune the writer.
+type Options struct {
+	// MaxGroupRequests bounds how many queued requests share one commit.
+	MaxGroupRequests int
+	// MaxGroupBytes cuts a group before engine transaction limits.
+	MaxGroupBytes int
+	// QueueLength bounds the request queue; callers block beyond it.
+	QueueLength int
+	Logger      *slog.Logger
+	// Fence, when set, is added to every batch's conditions: a deposed
+	// leader's commit then fails instead of writing.
+	Fence func() []backend.Condition
+	// CompactBatch is how many history entries one physical compaction
+	// batch deletes.
+	CompactBatch int
+}
+
+func (o *Options) defaults() {
+	if o.MaxGroupRequests <= 0 {
+		o.MaxGroupRequests = 1024
+	}
+	if o.MaxGroupBytes <= 0 {
+		o.MaxGroupBytes = 4 << 20
+	}
+	if o.QueueLength <= 0 {
+		o.QueueLength = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.CompactBatch <= 0 {
+		o.CompactBatch = 10000
+	}
+}
+
+// GroupStats is reported after every committed group (for metrics).
+type GroupStats struct {
+	Requests int
+	Bytes    int
+	Commit   time.Duration
+}
+
+// Sequencer is the single writer.
+type Sequencer struct {
+	be   backend.Backend
+	opts Options
+
+	pub    Publisher
+	leases Leases
+	// OnGroup, if set before Start, observes each committed group.
+	OnGroup func(GroupStats)
+
+	queue    chan *request
+	stopping chan struct{}
+	stopped  chan struct{}
+	closeMu  sync.RWMutex
+	closed   bool
+
+	rev       atomic.Int64 // last committed main revision
+	compacted atomic.Int64 // compacted revision (logical)
+
+	// writer goroutine state
+	snap    backend.Snapshot
+	revoked map[int64]struct{}
+
+	compactor *compactor
+}
+
+type request struct {
+	put     *pb.PutRequest
+	del     *pb.DeleteRangeRequest
+	txn     *pb.TxnRequest
+	compact *pb.CompactionRequest
+	grant   *axonpb.Lease
+	revoke  int64
+	done    chan result
+}
+
+type result struct {
+	resp any
+	err  error
+	// wait, when set, is waited on before acknowledging (physical compaction).
+	wait <-chan struct{}
+}
+
+// New loads the current state from be. Set publisher and leases, then Start.
+func New(be backend.Backend, opts Options) (*Sequencer, error) {
+	opts.defaults()
+	s := &Sequencer{
+		be:       be,
+		opts:     opts,
+		queue:    make(chan *request, opts.QueueLength),
+		stopping: make(chan struct{}),
+		stopped:  make(chan struct{}),
+		revoked:  map[int64]struct{}{},
+	}
+	snap, err := be.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	cur, comp, err := mvcc.Reader{Snap: snap}.Meta()
+	if err != nil {
+		snap.Close()
+		return nil, err
+	}
+	s.snap = snap
+	s.rev.Store(cur)
+	s.compacted.Store(comp)
+	s.compactor = newCompactor(be, opts)
+	return s, nil
+}
+
+// SetPublisher sets where committed revisions go. Call before Start.
+func (s *Sequencer) SetPublisher(p Publisher) { s.pub = p }
+
+// SetLeases sets the lease table. Call before Start.
+func (s *Sequencer) SetLeases(l Leases) { s.leases = l }
+
+// Start runs the writer goroutine and resumes an unfinished physical
+// compaction.
+func (s *Sequencer) Start() {
+	go s.loop()
+	s.compactor.start()
+}
+
+// Rev is the last committed main revision.
+func (s *Sequencer) Rev() int64 { return s.rev.Load() }
+
+// CompactedRev is the compacted revision.
+func (s *Sequencer) CompactedRev() int64 { return s.compacted.Load() }
+
+// Close stops taking requests, finishes the queued ones and stops.
+func (s *Sequencer) Close() {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return
+	}
+	s.closed = true
+	close(s.stopping)
+	s.closeMu.Unlock()
+	<-s.stopped
+	s.compactor.stop()
+}
+
+func (s *Sequencer) submit(ctx context.Context, r *request) (any, error) {
+	r.done = make(chan result, 1)
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return nil, ErrStopped
+	}
+	select {
+	case s.queue <- r:
+	case <-ctx.Done():
+		s.closeMu.RUnlock()
+		return nil, ctx.Err()
+	}
+	s.closeMu.RUnlock()
+	select {
+	case res := <-r.done:
+		if res.wait != nil {
+			select {
+			case <-res.wait:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return res.resp, res.err
+	case <-ctx.Done():
+		// The write may still commit, as with etcd when a client gives up.
+		return nil, ctx.Err()
+	}
+}
+
+// Put applies a validated PutRequest.
+func (s *Sequencer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	resp, err := s.submit(ctx, &request{put: r})
+	if err != nil {
+		return nil, err
+	}
+	return resp.(*pb.PutResponse), nil
+}
+
+// DeleteRange applies a validated DeleteRangeRequest.
+func (s *Sequencer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	resp, err := s.submit(ctx, &request{del: r})
+	if err != nil {
+		return nil, err
+	}
+	return resp.(*pb.DeleteRangeResponse), nil
+}
+
+// Txn applies a validated TxnRequest.
+func (s *Sequencer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	resp, err := s.submit(ctx, &request{txn: r})
+	if err != nil {
+		return nil, err
+	}
+	return resp.(*pb.TxnResponse), nil
+}
+
+// Compact marks history below r.Revision compacted and removes it in the
+// background (waiting for that when r.Physical).
+func (s *Sequencer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	resp, err := s.submit(ctx, &request{compact: r})
+	if err != nil {
+		return nil, err
+	}
+	return resp.(*pb.CompactionResponse), nil
+}
+
+// GrantLease durably stores a lease record; it does not change the revision.
+func (s *Sequencer) GrantLease(ctx context.Context, id, ttl int64) error {
+	_, err := s.submit(ctx, &request{grant: &axonpb.Lease{Id: id, Ttl: ttl}})
+	return err
+}
+
+// RevokeLease deletes every key attached to id in one revision and removes
+// the lease record. It returns the header revision.
+func (s *Sequencer) RevokeLease(ctx context.Context, id int64) (int64, error) {
+	resp, err := s.submit(ctx, &request{revoke: id})
+	if err != nil {
+		return 0, err
+	}
+	return resp.(int64), nil
+}
+
+func (s *Sequencer) loop() {
+	defer close(s.stopped)
+	defer func() {
+		if s.snap != nil {
+			s.snap.Close()
+		}
+	}()
+	reqs := make([]*request, 0, s.opts.MaxGroupRequests)
+	for {
+		reqs = reqs[:0]
+		select {
+		case r := <-s.queue:
+			reqs = append(reqs, r)
+		case <-s.stopping:
+			// Drain what was queued before Close.
+			for {
+				select {
+				case r := <-s.queue:
+					s.runGroup([]*request{r})
+				default:
+					return
+				}
+			}
+		}
+	drain:
+		for len(reqs) < s.opts.MaxGroupRequests {
+			select {
+			case r := <-s.queue:
+				reqs = append(reqs, r)
+			default:
+				break drain
+			}
+		}
+		s.runGroup(reqs)
+	}
+}
+
+// runGroup applies reqs in order, committing as few batches as limits allow.
+func (s *Sequencer) runGroup(reqs []*request) {
+	g := s.newGroup()
+	for _, r := range reqs {
+		if g.len() > 0 && (g.batch.Bytes() > s.opts.MaxGroupBytes || g.needsFlush(r)) {
+			s.commit(g)
+			g = s.newGroup()
+		}
+		res, err := g.apply(r)
+		if err != nil && isInternal(err) {
+			// State of the group is unknown: fail it whole, including r.
+			g.acks = append(g.acks, ack{r: r})
+			s.fail(g, err)
+			g = s.newGroup()
+			continue
+		}
+		a := ack{r: r, res: result{resp: res, err: err}}
+		if p, ok := res.(physical); ok {
+			a.res = result{resp: p.resp, wait: p.done}
+		}
+		g.acks = append(g.acks, a)
+	}
+	s.commit(g)
+}
+
+// internalError marks backend failures, as opposed to request errors.
+type internalError struct{ error }
+
+func (e internalError) Unwrap() error { return e.error }
+
+func isInternal(err error) bool {
+	var ie internalError
+	return errors.As(err, &ie)
+}
+
+func (s *Sequencer) fail(g *group, err error) {
+	for _, a := range g.acks {
+		a.r.done <- result{err: err}
+	}
+	g.acks = nil
+	s.refreshSnapshot()
+}
+
+func (s *Sequencer) refreshSnapshot() {
+	if s.snap != nil {
+		s.snap.Close()
+		s.snap = nil
+	}
+	snap, err := s.be.Snapshot()
+	if err != nil {
+		s.opts.Logger.Error("cannot open snapshot", "err", err)
+		return
+	}
+	s.snap = snap
+}
+
+func (s *Sequencer) commit(g *group) {
+	if len(g.acks) == 0 {
+		return
+	}
+	if g.batch.Len() > 0 {
+		if g.rev != g.baseRev {
+			g.batch.Put(mvcc.MetaRevision, mvcc.EncodeRev(g.rev))
+		}
+		g.flushLatest()
+		if s.opts.Fence != nil {
+			g.batch.Conditions = append(g.batch.Conditions, s.opts.Fence()...)
+		}
+		start := time.Now()
+		err := s.be.Commit(&g.batch)
+		if err != nil {
+			s.opts.Logger.Error("commit failed", "err", err, "requests", len(g.acks))
+			s.fail(g, err)
+			return
+		}
+		if s.OnGroup != nil {
+			s.OnGroup(GroupStats{Requests: len(g.acks), Bytes: g.batch.Bytes(), Commit: time.Since(start)})
+		}
+		s.rev.Store(g.rev)
+		s.refreshSnapshot()
+		g.afterCommit()
+	}
+	for _, a := range g.acks {
+		a.r.done <- a.res
+	}
+}
+
+// group is the state of one commit group: writes not yet committed overlay
+// the snapshot so later requests of the group see earlier ones.
+type group struct {
+	s       *Sequencer
+	snapRev int64
+	baseRev int64
+	rev     int64
+	overlay map[string]*axonpb.KeyValue // nil: deleted
+	batch   backend.Batch
+	pubs    []pub
+	// attach holds pending lease attachment changes: true attach, false detach.
+	attach    map[attachRef]bool
+	grants    []int64
+	revokes   []int64
+	compactTo int64
+	// compactWaiters are closed when the physical compaction finished.
+	compactWaiters []chan struct{}
+	acks           []ack
+}
+
+type pub struct {
+	rev int64
+	evs []*mvccpb.Event
+}
+
+type attachRef struct {
+	id  int64
+	key string
+}
+
+type ack struct {
+	r   *request
+	res result
+}
+
+func (s *Sequencer) newGroup() *group {
+	if s.snap == nil {
+		s.refreshSnapshot()
+	}
+	r := s.rev.Load()
+	return &group{s: s, snapRev: r, baseRev: r, rev: r, overlay: map[string]*axonpb.KeyValue{}, attach: map[attachRef]bool{}}
+}
+
+func (g *group) len() int { return len(g.acks) }
+
+// needsFlush reports whether r reads a historical revision that only the
+// pending batch holds; such a read needs the group committed first.
+func (g *group) needsFlush(r *request) bool {
+	if r.compact != nil {
+		return true // compaction bounds reads: keep it at a group boundary
+	}
+	if r.txn != nil {
+		return txnReadsAbove(r.txn, g.snapRev)
+	}
+	return false
+}
+
+func txnReadsAbove(t *pb.TxnRequest, rev int64) bool {
+	for _, ops := range [][]*pb.RequestOp{t.Success, t.Failure} {
+		for _, op := range ops {
+			switch x := op.Request.(type) {
+			case *pb.RequestOp_RequestRange:
+				if x.RequestRange.Revision > rev {
+					return true
+				}
+			case *pb.RequestOp_RequestTxn:
+				if txnReadsAbove(x.RequestTxn, rev) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// latest returns the current state of key as this group sees it.
+func (g *group) latest(key []byte) (*axonpb.KeyValue, error) {
+	if kv, ok := g.overlay[string(key)]; ok {
+		return kv, nil
+	}
+	b, err := g.s.snap.Get(mvcc.LatestKey(key))
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, internalError{err}
+	}
+	kv, err := mvcc.DecodeKV(b)
+	if err != nil {
+		return nil, internalError{err}
+	}
+	return kv, nil
+}
+
+// Scan implements mvcc.Source over snapshot + overlay. Reads at revisions
+// below the group's view go to the snapshot history (needsFlush guarantees
+// the snapshot holds them).
+func (g *group) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
+	if rev < g.rev {
+		return mvcc.HistorySource{Snap: g.s.snap}.Scan(start, end, rev, fn)
+	}
+	var pending []string
+	for k := range g.overlay {
+		if mvcc.InRange([]byte(k), start, end) {
+			pending = append(pending, k)
+		}
+	}
+	sortStrings(pending)
+	i := 0
+	emitPendingBelow := func(key []byte, inclusive bool) error {
+		for i < len(pending) && (pending[i] < string(key) || (inclusive && pending[i] == string(key))) {
+			if kv := g.overlay[pending[i]]; kv != nil {
+				if err := fn([]byte(pending[i]), mvcc.EncodeKV(kv)); err != nil {
+					return err
+				}
+			}
+			i++
+		}
+		return nil
+	}
+	err := mvcc.LatestSource{Snap: g.s.snap}.Scan(start, end, rev, func(key, val []byte) error {
+		if err := emitPendingBelow(key, false); err != nil {
+			return err
+		}
+		if i < len(pending) && pending[i] == string(key) {
+			return emitPendingBelow(key, true) // the overlay replaces the stored state
+		}
+		return fn(key, val)
+	})
+	if err != nil {
+		return err
+	}
+	for i < len(pending) {
+		if kv := g.overlay[pending[i]]; kv != nil {
+			if err := fn([]byte(pending[i]), mvcc.EncodeKV(kv)); err != nil {
+				return err
+			}
+		}
+		i++
+	}
+	return nil
+}
+
+// flushLatest writes the final latest state of every touched key.
+func (g *group) flushLatest() {
+	for k, kv := range g.overlay {
+		if kv == nil {
+			g.batch.Delete(mvcc.LatestKey([]byte(k)))
+		} else {
+			g.batch.Put(mvcc.LatestKey([]byte(k)), mvcc.EncodeKV(kv))
+		}
+	}
+	for ref, on := range g.attach {
+		if on {
+			g.batch.Put(mvcc.AttachKey(ref.id, []byte(ref.key)), nil)
+		} else {
+			g.batch.Delete(mvcc.AttachKey(ref.id, []byte(ref.key)))
+		}
+	}
+}
+
+func (g *group) afterCommit() {
+	s := g.s
+	if s.leases != nil {
+		for ref, on := range g.attach {
+			if on {
+				s.leases.Attach(ref.id, []byte(ref.key))
+			} else {
+				s.leases.Detach(ref.id, []byte(ref.key))
+			}
+		}
+	}
+	for _, id := range g.grants {
+		delete(s.revoked, id)
+	}
+	for _, id := range g.revokes {
+		s.revoked[id] = struct{}{}
+	}
+	if s.pub != nil {
+		for _, p := range g.pubs {
+			s.pub.Publish(p.rev, p.evs)
+		}
+	}
+	if g.compactTo > 0 {
+		s.compacted.Store(g.compactTo)
+		if s.pub != nil {
+			s.pub.Compacted(g.compactTo)
+		}
+		s.compactor.schedule(g.compactTo, g.compactWaiters)
+	}
+}
+
+func (g *group) leaseExists(id int64) bool {
+	if _, gone := g.s.revoked[id]; gone {
+		for _, r := range g.grants {
+			if r == id {
+				return true
+			}
+		}
+		return false
+	}
+	for _, r := range g.revokes {
+		if r == id {
+			return false
+		}
+	}
+	for _, r := range g.grants {
+		if r == id {
+			return true
+		}
+	}
+	return g.s.leases != nil && g.s.leases.Exists(id)
+}
+
+func (g *group) leaseKeys(id int64) [][]byte {
+	seen := map[string]bool{}
+	var out [][]byte
+	if g.s.leases != nil {
+		for _, k := range g.s.leases.Keys(id) {
+			if on, ok := g.attach[attachRef{id, string(k)}]; ok && !on {
+				continue
+			}
+			seen[string(k)] = true
+			out = append(out, k)
+		}
+	}
+	for ref, on := range g.attach {
+		if on && ref.id == id && !seen[ref.key] {
+			out = append(out, []byte(ref.key))
+		}
+	}
+	return out
+}
