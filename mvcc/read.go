@@ -44,7 +44,11 @@ func (r Reader) Meta() (current, compacted int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	return DecodeRev(b), DecodeRev(c), nil
+	cur := DecodeRev(b)
+	if cur == 0 {
+		cur = 1 // a new etcd store starts at revision 1; the first write gets 2
+	}
+	return cur, DecodeRev(c), nil
 }
 
 func (r Reader) get(k []byte) ([]byte, error) {
@@ -140,6 +144,10 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 		return nil, ErrCompacted
 	}
 	filtered := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+	// etcd applies the limit before sorting when the order is NONE, even
+	// with a non-key sort target: it then sorts only the first limit+1 keys.
+	defaultOrder := r.SortOrder == pb.RangeRequest_NONE ||
+		(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)
 	sortOrder := r.SortOrder
 	if r.SortTarget != pb.RangeRequest_KEY && sortOrder == pb.RangeRequest_NONE {
 		sortOrder = pb.RangeRequest_ASCEND
@@ -151,7 +159,7 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 	want := -1
 	if r.CountOnly {
 		want = 0
-	} else if r.Limit > 0 && sortOrder == pb.RangeRequest_NONE && !filtered {
+	} else if r.Limit > 0 && defaultOrder && !filtered {
 		want = int(r.Limit) + 1
 	}
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: current}}
@@ -167,6 +175,11 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 		}
 		if r.KeysOnly {
 			kv.Value = nil
+			if r.SortTarget != pb.RangeRequest_VALUE {
+				// etcd answers such requests from its key index alone,
+				// which does not know leases.
+				kv.Lease = 0
+			}
 		}
 		resp.Kvs = append(resp.Kvs, ToEtcd(append([]byte(nil), key...), kv))
 		return nil

@@ -35,6 +35,16 @@ func (w *write) viewRev() int64 {
 	return w.rev - 1
 }
 
+// Scan implements mvcc.Source for reads inside the request: the pending
+// state at its view revision, the snapshot history below it (needsFlush
+// guarantees the snapshot holds every older revision).
+func (w *write) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
+	if rev < w.viewRev() {
+		return mvcc.HistorySource{Snap: w.g.s.snap}.Scan(start, end, rev, fn)
+	}
+	return w.g.scanLatest(start, end, fn)
+}
+
 func (w *write) end() {
 	if len(w.changes) == 0 {
 		return
@@ -164,7 +174,7 @@ func (w *write) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, 
 		kv  *axonpb.KeyValue
 	}
 	var victims []victim
-	err := w.g.Scan(d.Key, d.RangeEnd, w.viewRev(), func(key, val []byte) error {
+	err := w.g.scanLatest(d.Key, d.RangeEnd, func(key, val []byte) error {
 		kv, err := mvcc.DecodeKV(val)
 		if err != nil {
 			return err
@@ -188,7 +198,7 @@ func (w *write) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, 
 
 func (w *write) rangeOp(r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	view := w.viewRev()
-	resp, err := mvcc.ExecRange(w.g, r, view, w.g.s.compacted.Load())
+	resp, err := mvcc.ExecRange(w, r, view, w.g.s.compacted.Load())
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +345,7 @@ func (g *group) compare(c *pb.Compare) (bool, error) {
 			kvs = append(kvs, kv)
 		}
 	} else {
-		err := g.Scan(c.Key, c.RangeEnd, g.rev, func(_, val []byte) error {
+		err := g.scanLatest(c.Key, c.RangeEnd, func(_, val []byte) error {
 			kv, err := mvcc.DecodeKV(val)
 			if err != nil {
 				return err

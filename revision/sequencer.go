@@ -472,13 +472,9 @@ func (g *group) latest(key []byte) (*axonpb.KeyValue, error) {
 	return kv, nil
 }
 
-// Scan implements mvcc.Source over snapshot + overlay. Reads at revisions
-// below the group's view go to the snapshot history (needsFlush guarantees
-// the snapshot holds them).
-func (g *group) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
-	if rev < g.rev {
-		return mvcc.HistorySource{Snap: g.s.snap}.Scan(start, end, rev, fn)
-	}
+// scanLatest visits the live keys of [start, end) as the group sees them:
+// the snapshot's latest state with the group's pending writes over it.
+func (g *group) scanLatest(start, end []byte, fn func(key, val []byte) error) error {
 	var pending []string
 	for k := range g.overlay {
 		if mvcc.InRange([]byte(k), start, end) {
@@ -498,7 +494,7 @@ func (g *group) Scan(start, end []byte, rev int64, fn func(key, val []byte) erro
 		}
 		return nil
 	}
-	err := mvcc.LatestSource{Snap: g.s.snap}.Scan(start, end, rev, func(key, val []byte) error {
+	err := mvcc.LatestSource{Snap: g.s.snap}.Scan(start, end, 0, func(key, val []byte) error {
 		if err := emitPendingBelow(key, false); err != nil {
 			return err
 		}

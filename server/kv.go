@@ -1,0 +1,218 @@
+package server
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/axon-kv/axon/backend"
+	"github.com/axon-kv/axon/mvcc"
+)
+
+type kvService struct {
+	pb.UnimplementedKVServer
+	s *Server
+}
+
+// raftOverhead approximates the envelope etcd wraps a request in before it
+// compares the size with --max-request-bytes.
+const raftOverhead = 16
+
+func (k *kvService) tooLarge(m proto.Message) error {
+	if proto.Size(m)+raftOverhead > k.s.cfg.MaxRequestBytes {
+		return rpctypes.ErrGRPCRequestTooLarge
+	}
+	return nil
+}
+
+// view opens a snapshot and reads its revisions.
+func (k *kvService) view() (backend.Snapshot, int64, int64, error) {
+	snap, err := k.s.be.Snapshot()
+	if err != nil {
+		return nil, 0, 0, status.Error(codes.Unavailable, err.Error())
+	}
+	cur, comp, err := mvcc.Reader{Snap: snap}.Meta()
+	if err != nil {
+		snap.Close()
+		return nil, 0, 0, status.Error(codes.Internal, err.Error())
+	}
+	return snap, cur, comp, nil
+}
+
+// Range reads one backend snapshot. A snapshot taken after a write was
+// acknowledged contains it, so every Range is linearizable on one node.
+func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if err := checkRange(r); err != nil {
+		return nil, err
+	}
+	snap, cur, comp, err := k.view()
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	resp, err := mvcc.ExecRange(mvcc.SnapshotSource{Snap: snap, Current: cur}, r, cur, comp)
+	if err != nil {
+		return nil, err
+	}
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+// streamChunkBytes is the size a RangeStream message aims for.
+const streamChunkBytes = 1 << 20
+
+// RangeStream sends one consistent range in chunks; only the last message
+// carries the header, more and count, as etcd 3.7 does.
+func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
+	if err := checkRange(r); err != nil {
+		return err
+	}
+	if (r.SortOrder != pb.RangeRequest_NONE && !(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)) ||
+		(r.SortOrder == pb.RangeRequest_NONE && r.SortTarget != pb.RangeRequest_KEY) {
+		return status.Error(codes.Unimplemented, "RangeStream does not support custom sort orders")
+	}
+	if r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0 {
+		return status.Error(codes.Unimplemented, "RangeStream does not support revision filters")
+	}
+	snap, cur, comp, err := k.view()
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	if r.CountOnly {
+		resp, err := mvcc.ExecRange(mvcc.SnapshotSource{Snap: snap, Current: cur}, r, cur, comp)
+		if err != nil {
+			return err
+		}
+		k.s.fill(resp.Header)
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: resp.Header, Count: resp.Count}})
+	}
+	rev := r.Revision
+	switch {
+	case rev > cur:
+		return mvcc.ErrFutureRev
+	case rev <= 0:
+		rev = cur
+	}
+	if rev < comp {
+		return mvcc.ErrCompacted
+	}
+	var (
+		chunk   []*mvccpb.KeyValue
+		size    int
+		sent    int64
+		count   int64
+		sendErr error
+	)
+	err = mvcc.SnapshotSource{Snap: snap, Current: cur}.Scan(r.Key, r.RangeEnd, rev, func(key, val []byte) error {
+		count++
+		if r.Limit > 0 && sent+int64(len(chunk)) >= r.Limit {
+			return nil // past the limit only the count matters
+		}
+		kv, err := mvcc.DecodeKV(val)
+		if err != nil {
+			return err
+		}
+		if r.KeysOnly {
+			kv.Value, kv.Lease = nil, 0 // as etcd's index-only keys_only read
+		}
+		chunk = append(chunk, mvcc.ToEtcd(append([]byte(nil), key...), kv))
+		size += len(key) + len(kv.Value) + 32
+		if size >= streamChunkBytes {
+			if sendErr = stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: chunk}}); sendErr != nil {
+				return sendErr
+			}
+			sent += int64(len(chunk))
+			chunk, size = nil, 0
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	last := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, Kvs: chunk, Count: count}
+	last.More = r.Limit > 0 && count > r.Limit
+	k.s.fill(last.Header)
+	return stream.Send(&pb.RangeStreamResponse{RangeResponse: last})
+}
+
+func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if err := checkPut(r); err != nil {
+		return nil, err
+	}
+	if err := k.tooLarge(r); err != nil {
+		return nil, err
+	}
+	resp, err := k.s.seq.Put(ctx, r)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	if err := checkDelete(r); err != nil {
+		return nil, err
+	}
+	if err := k.tooLarge(r); err != nil {
+		return nil, err
+	}
+	resp, err := k.s.seq.DeleteRange(ctx, r)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := checkTxn(r, k.s.cfg.MaxTxnOps); err != nil {
+		return nil, err
+	}
+	if _, _, err := checkIntervals(r.Success); err != nil {
+		return nil, err
+	}
+	if _, _, err := checkIntervals(r.Failure); err != nil {
+		return nil, err
+	}
+	if err := k.tooLarge(r); err != nil {
+		return nil, err
+	}
+	resp, err := k.s.seq.Txn(ctx, r)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	resp, err := k.s.seq.Compact(ctx, r)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	k.s.fill(resp.Header)
+	return resp, nil
+}
+
+// toGRPC passes gRPC status errors (etcd's rpctypes) through and maps the
+// rest.
+func toGRPC(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch err {
+	case context.Canceled:
+		return status.Error(codes.Canceled, err.Error())
+	case context.DeadlineExceeded:
+		return rpctypes.ErrGRPCTimeout
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}

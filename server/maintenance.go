@@ -1,0 +1,64 @@
+package server
+
+import (
+	"context"
+	"os"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/version"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// maintenanceService answers the probes clients make. Calls that would
+// change the member or read raw storage (Defragment, Snapshot, Hash,
+// MoveLeader, Downgrade) answer Unimplemented through the embedded type.
+type maintenanceService struct {
+	pb.UnimplementedMaintenanceServer
+	s *Server
+}
+
+// Status reports an etcd version: kube-apiserver turns on consistent reads
+// from its watch cache and WatchList only for >= 3.5.13.
+func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	size := m.s.be.Size()
+	rev := m.s.seq.Rev()
+	h := m.s.header()
+	return &pb.StatusResponse{
+		Header:           h,
+		Version:          version.Version,
+		StorageVersion:   version.Version,
+		DbSize:           size,
+		DbSizeInUse:      size,
+		Leader:           m.s.memberID,
+		RaftIndex:        uint64(rev),
+		RaftTerm:         1,
+		RaftAppliedIndex: uint64(rev),
+	}, nil
+}
+
+// Alarm lists no alarms: Axon raises none yet. Raising or clearing one is
+// not supported.
+func (m *maintenanceService) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
+	if r.Action != pb.AlarmRequest_GET {
+		return nil, status.Error(codes.Unimplemented, "axon: alarms cannot be changed")
+	}
+	return &pb.AlarmResponse{Header: m.s.header()}, nil
+}
+
+type clusterService struct {
+	pb.UnimplementedClusterServer
+	s *Server
+}
+
+// MemberList answers with this single member.
+func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	name, _ := os.Hostname()
+	if name == "" {
+		name = "axon"
+	}
+	return &pb.MemberListResponse{
+		Header:  c.s.header(),
+		Members: []*pb.Member{{ID: c.s.memberID, Name: name, ClientURLs: c.s.ClientURLs()}},
+	}, nil
+}
