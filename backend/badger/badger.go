@@ -1,0 +1,537 @@
+// Package badger owns the Badger engine behind backend.Backend: opening,
+// tuning, durability, value-log garbage collection and logging. It must not
+// know MVCC: keys and values are opaque bytes here, and everything about
+// revisions lives above the backend seam so every engine shares it.
+package badger
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	badgerdb "github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+
+	"github.com/axon-kv/axon/backend"
+)
+
+const (
+	// A memtable's size also caps one transaction: Badger refuses batches
+	// over 15% of it (~4.8 MiB of inline payload or ~52k ops at 32 MiB).
+	// That comfortably holds an etcd request (1.5 MiB by default) plus its
+	// MVCC bookkeeping, while halving the default's 64 MiB of arena and
+	// WAL per memtable.
+	memTableSize = 32 << 20
+	// Memtables waiting to be flushed are whole arenas of resident memory;
+	// three absorbs a write burst without the default five's footprint.
+	numMemtables = 3
+	// Values below this stay inline in the LSM tree, so range scans (the
+	// LIST that dominates Kubernetes reads) are sequential and the
+	// high-churn small kinds (leases, events, endpoints) are reclaimed by
+	// LSM compaction alone. Bigger objects go to the value log so
+	// compactions don't keep rewriting them.
+	valueThreshold = 4 << 10
+	// Compressed blocks must be decompressed into a cache to be read; it
+	// is bounded so RSS stays predictable regardless of data size. There
+	// is no index cache on purpose: unencrypted table indexes are read in
+	// place from the mmapped tables, so Badger would never consult it.
+	blockCacheSize = 64 << 20
+
+	// In-memory Badger has no value log, yet still routes values at or
+	// above ValueThreshold there and panics (dgraph-io/badger#1234). So
+	// in memory everything is kept inline at the highest threshold Badger
+	// allows, and bigger values are refused in Commit.
+	inMemoryMaxValue = 1 << 20
+
+	// Value-log GC rewrites live values, so it runs rarely and in the
+	// background; 0.5 means a file is rewritten once half of it is garbage.
+	gcInterval     = 5 * time.Minute
+	gcDiscardRatio = 0.5
+
+	// Size is read on hot paths (quota checks), but walking the directory
+	// costs a syscall per file, so a recent answer is reused.
+	sizeTTL = time.Second
+)
+
+// Options configure Open.
+type Options struct {
+	// Dir holds the data. Required unless InMemory.
+	Dir string
+	// InMemory keeps everything in RAM and loses it on Close; for tests.
+	// Values must be under 1 MiB in this mode.
+	InMemory bool
+	// Logger receives Badger's warnings and errors; its info and debug
+	// chatter is logged at slog.LevelDebug and below. Nil means slog.Default.
+	Logger *slog.Logger
+}
+
+// DB is a backend.Backend stored in Badger. It is safe for concurrent use.
+type DB struct {
+	db       *badgerdb.DB
+	dir      string
+	inMemory bool
+	log      *slog.Logger
+	gate     gate
+
+	// Conflict detection is off, so a batch's conditions only hold if no
+	// other commit lands between checking them and writing. Conditional
+	// commits therefore run alone; unconditional ones need not.
+	commitMu sync.RWMutex
+
+	stopGC chan struct{}
+	gcDone chan struct{}
+
+	sizeMu sync.Mutex
+	sizeAt time.Time
+	size   int64
+}
+
+var _ backend.Backend = (*DB)(nil)
+
+// Open opens (creating if needed) the store described by opts.
+func Open(opts Options) (*DB, error) {
+	switch {
+	case opts.InMemory && opts.Dir != "":
+		return nil, errors.New("badger: Dir must be empty when InMemory is set")
+	case !opts.InMemory && opts.Dir == "":
+		return nil, errors.New("badger: Dir is required")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("engine", "badger")
+
+	bo := badgerdb.DefaultOptions(opts.Dir).
+		WithInMemory(opts.InMemory).
+		// An acknowledged Commit is a promise to the etcd client (and to
+		// Kubernetes controllers acting on it); it must survive kill -9 or
+		// power loss, so the WAL is fsynced before Commit returns.
+		WithSyncWrites(true).
+		// One writer sits above us and conditions are checked under
+		// commitMu, so Badger's per-key conflict tracking is pure overhead.
+		WithDetectConflicts(false).
+		// MVCC history is kept as distinct keys above the seam; Badger's own
+		// versions are only needed for open snapshots, which it honours
+		// regardless of this setting.
+		WithNumVersionsToKeep(1).
+		WithMemTableSize(memTableSize).
+		WithNumMemtables(numMemtables).
+		WithValueThreshold(valueThreshold).
+		// Kubernetes objects (protobuf and JSON with repeated field names)
+		// compress well; Snappy is cheap to decode on every LIST.
+		WithCompression(options.Snappy).
+		WithBlockCacheSize(blockCacheSize).
+		WithIndexCacheSize(0).
+		// Size is computed here (see Size); Badger's expvar metrics are
+		// process-global and would only duplicate it.
+		WithMetricsEnabled(false).
+		WithLogger(slogAdapter{logger})
+
+	if opts.InMemory {
+		bo = bo.WithValueThreshold(inMemoryMaxValue)
+	}
+
+	db, err := badgerdb.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("badger: open %q: %w", opts.Dir, err)
+	}
+	d := &DB{db: db, dir: opts.Dir, inMemory: opts.InMemory, log: logger}
+	d.gate.init()
+	if !opts.InMemory {
+		d.stopGC = make(chan struct{})
+		d.gcDone = make(chan struct{})
+		go d.gcLoop()
+	}
+	return d, nil
+}
+
+// Snapshot implements backend.Backend. Badger starts every transaction by
+// waiting for commits already in flight, so under write load a Snapshot
+// (and a Commit) can take up to one fsync.
+func (d *DB) Snapshot() (backend.Snapshot, error) {
+	if !d.gate.enter() {
+		return nil, backend.ErrClosed
+	}
+	defer d.gate.exit()
+	return &snapshot{d: d, txn: d.db.NewTransaction(false)}, nil
+}
+
+// Commit implements backend.Backend. A batch larger than Badger's
+// transaction limit fails with an error wrapping badger.ErrTxnTooBig and
+// writes nothing; callers are expected to keep batches small.
+func (d *DB) Commit(b *backend.Batch) error {
+	if !d.gate.enter() {
+		return backend.ErrClosed
+	}
+	defer d.gate.exit()
+	if len(b.Conditions) > 0 {
+		d.commitMu.Lock()
+		defer d.commitMu.Unlock()
+	} else {
+		d.commitMu.RLock()
+		defer d.commitMu.RUnlock()
+	}
+
+	if d.inMemory {
+		for i, op := range b.Ops {
+			if !op.Delete && len(op.Value) >= inMemoryMaxValue {
+				return fmt.Errorf("badger: op %d: in-memory mode stores values under %d bytes, got %d",
+					i, inMemoryMaxValue, len(op.Value))
+			}
+		}
+	}
+
+	txn := d.db.NewTransaction(true)
+	defer txn.Discard()
+	for _, c := range b.Conditions {
+		ok, err := holds(txn, c)
+		if err != nil {
+			return fmt.Errorf("badger: condition on %q: %w", c.Key, err)
+		}
+		if !ok {
+			return backend.ErrConditionFailed
+		}
+	}
+	for i, op := range b.Ops {
+		var err error
+		if op.Delete {
+			err = txn.Delete(op.Key)
+		} else {
+			err = txn.Set(op.Key, op.Value)
+		}
+		if err != nil {
+			return fmt.Errorf("badger: op %d of %d (batch ~%d bytes): %w", i, len(b.Ops), b.Bytes(), err)
+		}
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("badger: commit: %w", err)
+	}
+	return nil
+}
+
+func holds(txn *badgerdb.Txn, c backend.Condition) (bool, error) {
+	item, err := txn.Get(c.Key)
+	if errors.Is(err, badgerdb.ErrKeyNotFound) {
+		return c.Value == nil, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if c.Value == nil {
+		return false, nil
+	}
+	var eq bool
+	err = item.Value(func(v []byte) error {
+		eq = bytes.Equal(v, c.Value)
+		return nil
+	})
+	return eq, err
+}
+
+// Size implements backend.Backend: the bytes the LSM tree, value log and
+// WAL occupy on disk (for InMemory, the flushed tables only). It may lag
+// writes by up to a second.
+func (d *DB) Size() int64 {
+	if !d.gate.enter() {
+		return 0
+	}
+	defer d.gate.exit()
+	d.sizeMu.Lock()
+	defer d.sizeMu.Unlock()
+	if now := time.Now(); now.Sub(d.sizeAt) >= sizeTTL {
+		d.size, d.sizeAt = d.computeSize(), now
+	}
+	return d.size
+}
+
+func (d *DB) computeSize() int64 {
+	var n int64
+	if d.inMemory {
+		for _, t := range d.db.Tables() {
+			n += int64(t.OnDiskSize)
+		}
+		return n
+	}
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		d.log.Warn("size: reading data dir", "dir", d.dir, "err", err)
+		return 0
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed by a compaction since ReadDir
+		}
+		n += allocated(fi)
+	}
+	return n
+}
+
+// allocated returns the bytes a file really occupies. Badger preallocates
+// the active value log and memtable WALs as sparse files of twice their
+// nominal size (2 GiB for the value log), so the apparent size would report
+// an empty store as gigabytes and trip any quota. The block count lives in
+// the platform's stat struct; reading it by name keeps this file portable.
+func allocated(fi os.FileInfo) int64 {
+	if v := reflect.ValueOf(fi.Sys()); v.Kind() == reflect.Pointer && !v.IsNil() {
+		if st := v.Elem(); st.Kind() == reflect.Struct {
+			if blocks := st.FieldByName("Blocks"); blocks.IsValid() && blocks.CanInt() {
+				return blocks.Int() * 512 // st_blocks is in 512-byte units
+			}
+		}
+	}
+	return fi.Size()
+}
+
+// Close implements backend.Backend. It waits for calls in progress, then
+// closes Badger. Snapshots still open stop working; closing them is safe.
+func (d *DB) Close() error {
+	if !d.gate.shut() {
+		return backend.ErrClosed
+	}
+	if d.stopGC != nil {
+		close(d.stopGC)
+		<-d.gcDone
+	}
+	if err := d.db.Close(); err != nil {
+		return fmt.Errorf("badger: close: %w", err)
+	}
+	return nil
+}
+
+func (d *DB) gcLoop() {
+	defer close(d.gcDone)
+	t := time.NewTicker(gcInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopGC:
+			return
+		case <-t.C:
+			d.collectValueLog()
+		}
+	}
+}
+
+// collectValueLog reclaims value-log space freed by deletes (MVCC
+// compaction). Each successful RunValueLogGC rewrites a single file, so it
+// repeats until Badger finds nothing worth rewriting.
+func (d *DB) collectValueLog() {
+	for {
+		select {
+		case <-d.stopGC:
+			return
+		default:
+		}
+		err := d.db.RunValueLogGC(gcDiscardRatio)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, badgerdb.ErrNoRewrite), errors.Is(err, badgerdb.ErrRejected):
+		default:
+			d.log.Warn("value log GC failed", "err", err)
+		}
+		return
+	}
+}
+
+// Badger hands an empty stored value to Value callbacks as nil, which a
+// caller would mistake for KeysOnly's "no value".
+var emptyValue = []byte{}
+
+type snapshot struct {
+	d      *DB
+	txn    *badgerdb.Txn
+	closed atomic.Bool
+}
+
+// Get implements backend.Snapshot.
+func (s *snapshot) Get(key []byte) ([]byte, error) {
+	if s.closed.Load() || !s.d.gate.enter() {
+		return nil, backend.ErrClosed
+	}
+	defer s.d.gate.exit()
+	item, err := s.txn.Get(key)
+	if errors.Is(err, badgerdb.ErrKeyNotFound) {
+		return nil, backend.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("badger: get %q: %w", key, err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, fmt.Errorf("badger: get %q: %w", key, err)
+	}
+	return v, nil
+}
+
+// Scan implements backend.Snapshot.
+func (s *snapshot) Scan(start, end []byte, opts backend.ScanOptions, fn func(key, value []byte) error) error {
+	if s.closed.Load() || !s.d.gate.enter() {
+		return backend.ErrClosed
+	}
+	defer s.d.gate.exit()
+	if end != nil && bytes.Compare(start, end) >= 0 {
+		return nil
+	}
+
+	it := s.txn.NewIterator(badgerdb.IteratorOptions{
+		Reverse: opts.Reverse,
+		// Badger prefetches by spawning a goroutine and copying each value;
+		// with values mostly inline that costs more than reading them in
+		// place, and KeysOnly must not touch values at all.
+		PrefetchValues: false,
+		// Every key in [start, end) shares their common prefix; telling
+		// Badger lets it skip tables that cannot hold any of them.
+		Prefix: commonPrefix(start, end),
+	})
+	defer it.Close()
+
+	switch {
+	case !opts.Reverse:
+		it.Seek(start)
+	case end == nil:
+		it.Rewind()
+	default:
+		// A reverse Seek lands on the largest key <= end; end itself is
+		// excluded below.
+		it.Seek(end)
+	}
+
+	n := 0
+	for ; it.Valid(); it.Next() {
+		item := it.Item()
+		k := item.Key()
+		if opts.Reverse {
+			if end != nil && bytes.Compare(k, end) >= 0 {
+				continue
+			}
+			if bytes.Compare(k, start) < 0 {
+				break
+			}
+		} else if end != nil && bytes.Compare(k, end) >= 0 {
+			break
+		}
+
+		var err error
+		if opts.KeysOnly {
+			err = fn(k, nil)
+		} else {
+			err = item.Value(func(v []byte) error {
+				if v == nil {
+					v = emptyValue
+				}
+				return fn(k, v)
+			})
+		}
+		if err != nil {
+			if errors.Is(err, backend.ErrStop) {
+				return nil
+			}
+			return err
+		}
+		if n++; opts.Limit > 0 && n >= opts.Limit {
+			break
+		}
+	}
+	return nil
+}
+
+// Close implements backend.Snapshot.
+func (s *snapshot) Close() {
+	if s.closed.Swap(true) {
+		return
+	}
+	// Once the DB is closed Badger's read-watermark goroutine is gone and
+	// Discard could block on its channel; the read view dies with the DB.
+	if s.d.gate.enter() {
+		s.txn.Discard()
+		s.d.gate.exit()
+	}
+}
+
+// commonPrefix returns the longest prefix of start and end; nil if end is
+// unbounded.
+func commonPrefix(start, end []byte) []byte {
+	if end == nil {
+		return nil
+	}
+	n := min(len(start), len(end))
+	i := 0
+	for i < n && start[i] == end[i] {
+		i++
+	}
+	return start[:i:i]
+}
+
+// gate lets calls run concurrently until Close, which must not pull Badger
+// out from under them: a read racing a close would touch unmapped tables.
+// Unlike an RWMutex it never blocks a call that re-enters the DB (a Scan
+// callback that commits) while Close waits; that call gets ErrClosed.
+type gate struct {
+	active  atomic.Int64
+	closing atomic.Bool
+	once    sync.Once
+	drained chan struct{}
+}
+
+func (g *gate) init() { g.drained = make(chan struct{}) }
+
+func (g *gate) enter() bool {
+	g.active.Add(1)
+	if g.closing.Load() {
+		g.exit()
+		return false
+	}
+	return true
+}
+
+func (g *gate) exit() {
+	if g.active.Add(-1) == 0 && g.closing.Load() {
+		g.once.Do(func() { close(g.drained) })
+	}
+}
+
+// shut refuses new calls and waits for those in progress. It reports false
+// if the gate was already shut.
+func (g *gate) shut() bool {
+	if !g.closing.CompareAndSwap(false, true) {
+		return false
+	}
+	if g.active.Load() == 0 {
+		g.once.Do(func() { close(g.drained) })
+	}
+	<-g.drained
+	return true
+}
+
+// slogAdapter routes Badger's logger to slog. Badger logs every flush and
+// compaction at info, which is noise for an operator, so info and debug
+// are demoted below slog's default level: only warnings and errors show
+// unless debug logging is enabled.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Errorf(f string, args ...any)   { a.log(slog.LevelError, f, args) }
+func (a slogAdapter) Warningf(f string, args ...any) { a.log(slog.LevelWarn, f, args) }
+func (a slogAdapter) Infof(f string, args ...any)    { a.log(slog.LevelDebug, f, args) }
+func (a slogAdapter) Debugf(f string, args ...any)   { a.log(slog.LevelDebug-4, f, args) }
+
+func (a slogAdapter) log(level slog.Level, f string, args []any) {
+	ctx := context.Background()
+	if !a.l.Enabled(ctx, level) {
+		return
+	}
+	a.l.Log(ctx, level, strings.TrimSpace(fmt.Sprintf(f, args...)))
+}

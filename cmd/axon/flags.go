@@ -1,0 +1,312 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/axon-kv/axon/server"
+)
+
+// This file is the one place where `axon serve` flags are defined. To add a
+// flag (TLS, metrics, ...):
+//
+//  1. add a field to serveOptions,
+//  2. define it in registerFlags (an etcd-style name; hidden etcd aliases via
+//     addAlias),
+//  3. validate and copy it into server.Config in serveOptions.config.
+//
+// Every flag is automatically readable from AXON_<NAME> (upper case, dashes
+// as underscores); see applyEnv. The flags table in README.md lists them.
+
+// envPrefix starts the environment variable of every flag.
+const envPrefix = "AXON_"
+
+// aliasAnnotation marks a hidden alias flag; its value is the canonical name.
+const aliasAnnotation = "axon/alias-of"
+
+// serveOptions holds every `axon serve` setting as parsed from flags and
+// environment.
+type serveOptions struct {
+	listenClientURLs            []string
+	dataDir                     string
+	backend                     string
+	maxRequestBytes             int
+	maxTxnOps                   int
+	watchProgressNotifyInterval time.Duration
+	autoCompactionRetention     retentionValue
+	logLevel                    string
+	logFormat                   string
+}
+
+// registerFlags defines every serve flag on fs.
+func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&o.listenClientURLs, "listen-client-urls", []string{server.DefaultListenClientURL},
+		"comma-separated URLs to listen on for client traffic (http://host:port; port 0 picks a free port)")
+	fs.StringVar(&o.dataDir, "data-dir", server.DefaultDataDir,
+		"directory of the Badger database, created (mode 0700) if missing; unused by the memory backend")
+	fs.StringVar(&o.backend, "backend", server.DefaultBackend,
+		"storage engine: badger (on disk, durable) or memory (in-memory Badger, lost on exit)")
+	fs.IntVar(&o.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes,
+		"maximum client request size in bytes the server will accept")
+	fs.IntVar(&o.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps,
+		"maximum number of operations permitted in a transaction")
+	fs.DurationVar(&o.watchProgressNotifyInterval, "watch-progress-notify-interval", server.DefaultWatchProgressNotifyInterval,
+		"interval of progress notifications sent to watchers that asked for them")
+	addAlias(fs, "experimental-watch-progress-notify-interval", "watch-progress-notify-interval")
+	fs.Var(&o.autoCompactionRetention, "auto-compaction-retention",
+		"history to keep before compacting automatically: a duration (e.g. 30m, 5h) or whole hours as in etcd (e.g. 1); 0 disables auto compaction")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+}
+
+// addAlias defines a hidden flag that sets the same value as canonical.
+func addAlias(fs *pflag.FlagSet, alias, canonical string) {
+	c := fs.Lookup(canonical)
+	if c == nil {
+		panic("axon: alias of undefined flag " + canonical)
+	}
+	fs.AddFlag(&pflag.Flag{
+		Name:        alias,
+		Usage:       "alias of --" + canonical,
+		Value:       c.Value,
+		DefValue:    c.DefValue,
+		Hidden:      true,
+		Annotations: map[string][]string{aliasAnnotation: {canonical}},
+	})
+}
+
+// envName is the environment variable read for flag name.
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// envUse records that a flag took its value from the environment.
+type envUse struct {
+	Var, Flag string
+}
+
+// applyEnv sets every flag among names that was not given on the command
+// line (neither itself nor one of its aliases) from its AXON_* variable, if
+// that is set and not empty. An alias's own variable is read only when the
+// canonical one is unset. It returns the variables used and the AXON_*
+// variables that match no flag.
+func applyEnv(fs *pflag.FlagSet, names []string, environ []string) (used []envUse, unknown []string, err error) {
+	env := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(k, envPrefix) {
+			env[k] = v
+		}
+	}
+
+	// Group aliases under their canonical flag.
+	aliases := map[string][]string{}
+	known := map[string]bool{}
+	for _, name := range names {
+		f := fs.Lookup(name)
+		if f == nil {
+			return nil, nil, fmt.Errorf("internal: flag %q not defined", name)
+		}
+		known[envName(name)] = true
+		if c := f.Annotations[aliasAnnotation]; len(c) == 1 {
+			aliases[c[0]] = append(aliases[c[0]], name)
+		}
+	}
+
+	for _, name := range names {
+		f := fs.Lookup(name)
+		if len(f.Annotations[aliasAnnotation]) != 0 {
+			continue // handled with its canonical flag
+		}
+		group := append([]string{name}, aliases[name]...)
+		changed := false
+		for _, n := range group {
+			changed = changed || fs.Changed(n)
+		}
+		if changed {
+			continue // an explicit flag wins over the environment
+		}
+		for _, n := range group {
+			v := env[envName(n)]
+			if v == "" {
+				continue
+			}
+			if err := fs.Set(n, v); err != nil {
+				return nil, nil, fmt.Errorf("invalid value %q for %s (--%s): %w", v, envName(n), n, err)
+			}
+			used = append(used, envUse{Var: envName(n), Flag: n})
+			break
+		}
+	}
+
+	for k := range env {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	return used, unknown, nil
+}
+
+// config validates the options and turns them into a server.Config.
+func (o *serveOptions) config() (server.Config, error) {
+	var cfg server.Config
+
+	for _, raw := range o.listenClientURLs {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		if err := checkClientURL(raw); err != nil {
+			return cfg, fmt.Errorf("--listen-client-urls: %w", err)
+		}
+		cfg.ListenClientURLs = append(cfg.ListenClientURLs, raw)
+	}
+	if len(cfg.ListenClientURLs) == 0 {
+		return cfg, fmt.Errorf("--listen-client-urls: at least one URL is required")
+	}
+
+	switch o.backend {
+	case "badger", "memory":
+		cfg.Backend = o.backend
+	default:
+		return cfg, fmt.Errorf("--backend: %q is not one of badger, memory", o.backend)
+	}
+	if o.backend == "badger" && strings.TrimSpace(o.dataDir) == "" {
+		return cfg, fmt.Errorf("--data-dir: must not be empty with the badger backend")
+	}
+	cfg.DataDir = o.dataDir
+
+	if o.maxRequestBytes <= 0 {
+		return cfg, fmt.Errorf("--max-request-bytes: must be positive, got %d", o.maxRequestBytes)
+	}
+	cfg.MaxRequestBytes = o.maxRequestBytes
+	if o.maxTxnOps <= 0 {
+		return cfg, fmt.Errorf("--max-txn-ops: must be positive, got %d", o.maxTxnOps)
+	}
+	cfg.MaxTxnOps = o.maxTxnOps
+	if o.watchProgressNotifyInterval <= 0 {
+		return cfg, fmt.Errorf("--watch-progress-notify-interval: must be positive, got %s", o.watchProgressNotifyInterval)
+	}
+	cfg.WatchProgressNotifyInterval = o.watchProgressNotifyInterval
+	cfg.AutoCompactionRetention = time.Duration(o.autoCompactionRetention)
+
+	if _, err := parseLogLevel(o.logLevel); err != nil {
+		return cfg, err
+	}
+	if _, err := logHandlerFor(o.logFormat, io.Discard, nil); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// newLogger builds the slog logger the options ask for, writing to w.
+func (o *serveOptions) newLogger(w io.Writer) (*slog.Logger, error) {
+	level, err := parseLogLevel(o.logLevel)
+	if err != nil {
+		return nil, err
+	}
+	h, err := logHandlerFor(o.logFormat, w, &slog.HandlerOptions{Level: level})
+	if err != nil {
+		return nil, err
+	}
+	return slog.New(h), nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", s)
+}
+
+func logHandlerFor(format string, w io.Writer, opts *slog.HandlerOptions) (slog.Handler, error) {
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.NewTextHandler(w, opts), nil
+	case "json":
+		return slog.NewJSONHandler(w, opts), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is not one of text, json", format)
+}
+
+// checkClientURL accepts http://host:port.
+func checkClientURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q: %w", raw, err)
+	}
+	switch u.Scheme {
+	case "http":
+	case "https":
+		return fmt.Errorf("%q: https needs TLS, which Axon does not support yet", raw)
+	default:
+		return fmt.Errorf("%q: scheme must be http", raw)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q: must be scheme://host:port with nothing after the port", raw)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		return fmt.Errorf("%q: must be http://host:port: %w", raw, err)
+	}
+	if host == "" {
+		return fmt.Errorf("%q: missing host (use 0.0.0.0 to listen on all interfaces)", raw)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: invalid port %q", raw, port)
+	}
+	return nil
+}
+
+// retentionValue is --auto-compaction-retention: a Go duration, or a plain
+// non-negative integer meaning hours (etcd's periodic-mode syntax).
+type retentionValue time.Duration
+
+func (r *retentionValue) String() string {
+	if *r == 0 {
+		return "0"
+	}
+	return time.Duration(*r).String()
+}
+
+func (r *retentionValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if h, err := strconv.Atoi(s); err == nil {
+		if h < 0 {
+			return fmt.Errorf("must not be negative")
+		}
+		if int64(h) > int64(time.Duration(1<<63-1)/time.Hour) {
+			return fmt.Errorf("%d hours is too long", h)
+		}
+		*r = retentionValue(time.Duration(h) * time.Hour)
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration (e.g. 30m, 5h) or whole hours (e.g. 1)")
+	}
+	if d < 0 {
+		return fmt.Errorf("must not be negative")
+	}
+	*r = retentionValue(d)
+	return nil
+}
+
+func (r *retentionValue) Type() string { return "duration|hours" }
