@@ -6,6 +6,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -50,6 +51,8 @@ type Server struct {
 	grpc      *grpc.Server
 	listeners []net.Listener
 	urls      []string
+
+	stopBackground context.CancelFunc
 
 	closeOnce sync.Once
 	closeErr  error
@@ -167,6 +170,11 @@ func (s *Server) Start() error {
 		s.listeners = append(s.listeners, l)
 		s.urls = append(s.urls, "http://"+l.Addr().String())
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopBackground = cancel
+	if s.cfg.AutoCompactionRetention > 0 {
+		go s.autoCompact(ctx, s.cfg.AutoCompactionRetention)
+	}
 	for _, l := range s.listeners {
 		s.serveWG.Add(1)
 		go func(l net.Listener) {
@@ -192,6 +200,9 @@ func (s *Server) ClientURLs() []string { return append([]string(nil), s.urls...)
 // ended, the writer drains its queue, then the backend closes.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		if s.stopBackground != nil {
+			s.stopBackground()
+		}
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
