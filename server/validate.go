@@ -146,6 +146,15 @@ func checkIntervals(reqs []*pb.RequestOp) (map[string]bool, []span, error) {
 		if puts[k] || deleted(k) {
 			return nil, nil, rpctypes.ErrGRPCDuplicateKey
 		}
+		// etcd 3.7 lets an ignore_value/ignore_lease put follow a "from
+		// key" delete covering it and then crashes applying it; refuse it.
+		if p.RequestPut.IgnoreValue || p.RequestPut.IgnoreLease {
+			for _, d := range dels {
+				if d.end == "\x00" && k >= d.start {
+					return nil, nil, rpctypes.ErrGRPCDuplicateKey
+				}
+			}
+		}
 		puts[k] = true
 	}
 	return puts, dels, nil
