@@ -38,8 +38,13 @@ var (
 	MetaCompacted = []byte("m/compacted")
 	// MetaCompactDone holds the revision whose physical compaction finished.
 	MetaCompactDone = []byte("m/compact-done")
-	// MetaLeader holds the leader record (axonpb.LeaderRecord).
+	// MetaLeader holds the leader record (axonpb.LeaderRecord), renewed by
+	// the leader.
 	MetaLeader = []byte("m/leader")
+	// MetaLeaderTerm holds the current leader term alone: it changes only
+	// when leadership changes, so every write group can be fenced on it
+	// without racing the leader's own renewals.
+	MetaLeaderTerm = []byte("m/leader-term")
 )
 
 // LatestKey is the backend key of a user key's latest state.
