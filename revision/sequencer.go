@@ -23,8 +23,12 @@ import (
 	"github.com/axon-kv/axon/proto/axonpb"
 )
 
-// ErrStopped is returned for requests made after Close.
-var ErrStopped = errors.New("revision: writer stopped")
+var (
+	// ErrStopped is returned for requests made after Close.
+	ErrStopped = errors.New("revision: writer stopped")
+	// ErrNotLeader is returned when the group's fence failed.
+	ErrNotLeader = errors.New("revision: not the leader any more")
+)
 
 // Options tune the writer.
 type Options struct {
@@ -38,6 +42,9 @@ type Options struct {
 	// Fence, when set, is added to every batch's conditions: a deposed
 	// leader's commit then fails instead of writing.
 	Fence func() []backend.Condition
+	// FenceLost is called when a fenced commit failed its conditions:
+	// another node leads now and this writer must stop.
+	FenceLost func()
 	// CompactBatch is how many history entries one physical compaction
 	// batch deletes.
 	CompactBatch int
@@ -362,7 +369,15 @@ func (s *Sequencer) commit(g *group) {
 		start := time.Now()
 		err := s.be.Commit(&g.batch)
 		if err != nil {
-			s.opts.Logger.Error("commit failed", "err", err, "requests", len(g.acks))
+			if errors.Is(err, backend.ErrConditionFailed) && s.opts.Fence != nil {
+				s.opts.Logger.Warn("write group fenced off: another node leads", "requests", len(g.acks))
+				err = ErrNotLeader
+				if s.opts.FenceLost != nil {
+					s.opts.FenceLost()
+				}
+			} else {
+				s.opts.Logger.Error("commit failed", "err", err, "requests", len(g.acks))
+			}
 			s.fail(g, err)
 			return
 		}
