@@ -20,7 +20,7 @@ func (s *Server) autoCompact(ctx context.Context, retention time.Duration) {
 	}
 	step := max(retention/10, 100*time.Millisecond)
 	every := min(retention, time.Hour)
-	samples := []sample{{time.Now(), s.seq.Rev()}}
+	samples := []sample{{time.Now(), s.hub.Rev()}}
 	tick := time.NewTicker(step)
 	defer tick.Stop()
 	lastRun := time.Now()
@@ -29,7 +29,7 @@ func (s *Server) autoCompact(ctx context.Context, retention time.Duration) {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			samples = append(samples, sample{now, s.seq.Rev()})
+			samples = append(samples, sample{now, s.hub.Rev()})
 			if now.Sub(lastRun) < every {
 				continue
 			}
@@ -45,10 +45,11 @@ func (s *Server) autoCompact(ctx context.Context, retention time.Duration) {
 			}
 			samples = samples[i:]
 			lastRun = now
-			if target <= s.seq.CompactedRev() {
-				continue
+			w := s.writer()
+			if w == nil || target <= w.CompactedRev() {
+				continue // only the leader compacts
 			}
-			_, err := s.seq.Compact(ctx, &pb.CompactionRequest{Revision: target})
+			_, err := w.Compact(ctx, &pb.CompactionRequest{Revision: target})
 			switch {
 			case err == nil:
 				s.cfg.Logger.Info("auto compaction", "revision", target, "retention", retention)

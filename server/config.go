@@ -3,6 +3,8 @@ package server
 import (
 	"log/slog"
 	"time"
+
+	"github.com/axon-kv/axon/backend"
 )
 
 // Config is everything `axon serve` can set. Defaults mirror etcd's.
@@ -25,6 +27,24 @@ type Config struct {
 	AutoCompactionRetention time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// PDEndpoints are the TiKV placement driver addresses (--backend tikv).
+	PDEndpoints []string
+	// NodeID names this node among those sharing a backend.
+	NodeID string
+	// AdvertiseClientURL is where other nodes forward writes to this one
+	// when it leads (defaults to the first listen URL).
+	AdvertiseClientURL string
+	// LeaderLease is how long a leader holds leadership without renewing.
+	LeaderLease time.Duration
+	// FollowerPoll is how often a follower tails the revision log.
+	FollowerPoll time.Duration
+	// MaxGroupRequests bounds how many writes share one commit.
+	MaxGroupRequests int
+	// SharedBackend, when set, is used instead of opening one, and the node
+	// elects a leader among those sharing it (tests run several nodes on
+	// one mock TiKV cluster this way). Its owner closes it.
+	SharedBackend backend.Backend
 }
 
 // Defaults as etcd has them.
@@ -35,6 +55,7 @@ const (
 	DefaultMaxRequestBytes             = 1536 * 1024
 	DefaultMaxTxnOps                   = 128
 	DefaultWatchProgressNotifyInterval = 10 * time.Minute
+	DefaultLeaderLease                 = 3 * time.Second
 )
 
 // WithDefaults fills unset fields.
@@ -59,6 +80,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.LeaderLease <= 0 {
+		c.LeaderLease = DefaultLeaderLease
+	}
+	if c.FollowerPoll <= 0 {
+		c.FollowerPoll = 20 * time.Millisecond
 	}
 	return c
 }

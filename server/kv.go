@@ -13,6 +13,7 @@ import (
 
 	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/revision"
 )
 
 type kvService struct {
@@ -149,7 +150,9 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	if err := k.tooLarge(r); err != nil {
 		return nil, err
 	}
-	resp, err := k.s.seq.Put(ctx, r)
+	resp, err := doWrite(ctx, k.s,
+		func(w *revision.Sequencer) (*pb.PutResponse, error) { return w.Put(ctx, r) },
+		func(ctx context.Context, c *grpc.ClientConn) (*pb.PutResponse, error) { return pb.NewKVClient(c).Put(ctx, r) })
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -164,7 +167,11 @@ func (k *kvService) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (
 	if err := k.tooLarge(r); err != nil {
 		return nil, err
 	}
-	resp, err := k.s.seq.DeleteRange(ctx, r)
+	resp, err := doWrite(ctx, k.s,
+		func(w *revision.Sequencer) (*pb.DeleteRangeResponse, error) { return w.DeleteRange(ctx, r) },
+		func(ctx context.Context, c *grpc.ClientConn) (*pb.DeleteRangeResponse, error) {
+			return pb.NewKVClient(c).DeleteRange(ctx, r)
+		})
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -185,7 +192,9 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	if err := k.tooLarge(r); err != nil {
 		return nil, err
 	}
-	resp, err := k.s.seq.Txn(ctx, r)
+	resp, err := doWrite(ctx, k.s,
+		func(w *revision.Sequencer) (*pb.TxnResponse, error) { return w.Txn(ctx, r) },
+		func(ctx context.Context, c *grpc.ClientConn) (*pb.TxnResponse, error) { return pb.NewKVClient(c).Txn(ctx, r) })
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -194,7 +203,11 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 }
 
 func (k *kvService) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
-	resp, err := k.s.seq.Compact(ctx, r)
+	resp, err := doWrite(ctx, k.s,
+		func(w *revision.Sequencer) (*pb.CompactionResponse, error) { return w.Compact(ctx, r) },
+		func(ctx context.Context, c *grpc.ClientConn) (*pb.CompactionResponse, error) {
+			return pb.NewKVClient(c).Compact(ctx, r)
+		})
 	if err != nil {
 		return nil, toGRPC(err)
 	}

@@ -22,17 +22,25 @@ type maintenanceService struct {
 // from its watch cache and WatchList only for >= 3.5.13.
 func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	size := m.s.be.Size()
-	rev := m.s.seq.Rev()
 	h := m.s.header()
+	rev := h.Revision
+	leaderID := uint64(0)
+	if m.s.writer() != nil {
+		leaderID = m.s.memberID
+	} else if m.s.elector != nil {
+		if rec, ok := m.s.elector.Leader(); rec != nil && ok {
+			leaderID = hashID(rec.Id)
+		}
+	}
 	return &pb.StatusResponse{
 		Header:           h,
 		Version:          version.Version,
 		StorageVersion:   version.Version,
 		DbSize:           size,
 		DbSizeInUse:      size,
-		Leader:           m.s.memberID,
+		Leader:           leaderID,
 		RaftIndex:        uint64(rev),
-		RaftTerm:         1,
+		RaftTerm:         m.s.term(),
 		RaftAppliedIndex: uint64(rev),
 	}, nil
 }

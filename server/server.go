@@ -9,12 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -25,6 +25,7 @@ import (
 	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/backend/badger"
 	"github.com/axon-kv/axon/lease"
+	"github.com/axon-kv/axon/leader"
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/revision"
 	"github.com/axon-kv/axon/watch"
@@ -39,10 +40,14 @@ const grpcOverheadBytes = 512 * 1024
 type Server struct {
 	cfg Config
 
-	be     backend.Backend
-	seq    *revision.Sequencer
-	hub    *watch.Hub
-	leases *lease.Manager
+	be       backend.Backend
+	ownsBE   bool
+	seq      atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
+	hub      *watch.Hub
+	leases   *lease.Manager
+	elector  *leader.Elector
+	closing  atomic.Bool
+	roleState
 
 	memberID  uint64
 	clusterID uint64
@@ -53,6 +58,7 @@ type Server struct {
 	urls      []string
 
 	stopBackground context.CancelFunc
+	background     sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -63,60 +69,67 @@ type Server struct {
 // to serve.
 func New(cfg Config) (*Server, error) {
 	cfg = cfg.WithDefaults()
+	if cfg.NodeID == "" {
+		cfg.NodeID = defaultNodeID(cfg)
+	}
 	s := &Server{cfg: cfg, startedAt: time.Now()}
+	s.conns = map[string]*grpc.ClientConn{}
 	var err error
-	switch cfg.Backend {
-	case "badger":
+	switch {
+	case cfg.SharedBackend != nil:
+		s.be = cfg.SharedBackend
+	case cfg.Backend == "badger":
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}
 		s.be, err = badger.Open(badger.Options{Dir: filepath.Join(cfg.DataDir, "badger"), Logger: cfg.Logger})
-	case "memory":
+		s.ownsBE = true
+	case cfg.Backend == "memory":
 		s.be, err = badger.Open(badger.Options{InMemory: true, Logger: cfg.Logger})
+		s.ownsBE = true
+	case cfg.Backend == "tikv":
+		s.be, err = openTiKV(cfg)
+		s.ownsBE = true
 	default:
-		return nil, fmt.Errorf("unknown --backend %q (want badger or memory)", cfg.Backend)
+		return nil, fmt.Errorf("unknown --backend %q (want badger, memory or tikv)", cfg.Backend)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s backend: %w", cfg.Backend, err)
 	}
 	if err := s.recover(); err != nil {
-		s.be.Close()
+		if s.ownsBE {
+			s.be.Close()
+		}
 		return nil, err
 	}
 	return s, nil
 }
 
+// recover loads what the backend holds. A single node leads at once; nodes
+// sharing a backend start as followers and elect a leader once serving.
 func (s *Server) recover() error {
-	h := fnv.New64a()
-	h.Write([]byte("axon-member:" + s.cfg.DataDir))
-	s.memberID = h.Sum64()
-	h.Write([]byte("cluster"))
-	s.clusterID = h.Sum64()
-
-	seq, err := revision.New(s.be, revision.Options{Logger: s.cfg.Logger})
-	if err != nil {
-		return fmt.Errorf("load state: %w", err)
+	s.clusterID = hashID("axon-cluster")
+	s.memberID = hashID(s.cfg.NodeID)
+	if !s.multiNode() {
+		s.clusterID = hashID("axon-cluster:" + s.cfg.DataDir)
 	}
-	s.seq = seq
-	s.hub = watch.NewHub(history{s.be}, watch.Options{
-		CurrentRev:   seq.Rev(),
-		CompactedRev: seq.CompactedRev(),
-	})
-	s.leases = lease.NewManager(seq, lease.Options{Logger: s.cfg.Logger})
 	snap, err := s.be.Snapshot()
 	if err != nil {
 		return err
 	}
-	err = s.leases.Load(snap)
+	cur, comp, err := mvcc.Reader{Snap: snap}.Meta()
 	snap.Close()
 	if err != nil {
-		return fmt.Errorf("load leases: %w", err)
+		return fmt.Errorf("load state: %w", err)
 	}
-	seq.SetPublisher(s.hub)
-	seq.SetLeases(s.leases)
-	seq.Start()
-	s.leases.Start()
-	s.cfg.Logger.Info("recovered state", "revision", seq.Rev(), "compacted", seq.CompactedRev(), "backend", s.cfg.Backend)
+	s.hub = watch.NewHub(history{s.be}, watch.Options{CurrentRev: cur, CompactedRev: comp})
+	s.leases = lease.NewManager(leaseWriter{s}, lease.Options{Logger: s.cfg.Logger})
+	if !s.multiNode() {
+		if err := s.becomeLeader(0); err != nil {
+			return err
+		}
+	}
+	s.cfg.Logger.Info("recovered state", "revision", cur, "compacted", comp, "backend", s.cfg.Backend, "node", s.cfg.NodeID)
 	return nil
 }
 
@@ -143,14 +156,16 @@ func (h history) Events(from, to int64, withPrev bool, fn func(rev int64, evs []
 // Start listens on every client URL and serves in the background.
 func (s *Server) Start() error {
 	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(s.requireLeader),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31-1),
 		grpc.MaxConcurrentStreams(1<<32-1),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	pb.RegisterKVServer(s.grpc, &kvService{s: s})
-	pb.RegisterWatchServer(s.grpc, newWatchService(s.hub, s.cfg.WatchProgressNotifyInterval, s.cfg.Logger, s.header))
-	pb.RegisterLeaseServer(s.grpc, newLeaseService(s.leases, s.header))
+	pb.RegisterWatchServer(s.grpc, newWatchService(s.hub, s.cfg.WatchProgressNotifyInterval, s.cfg.Logger, s.header,
+		withHasLeader(s.hasLeader), withMaxRequestBytes(s.cfg.MaxRequestBytes)))
+	pb.RegisterLeaseServer(s.grpc, &leaseRouter{s: s, local: newLeaseService(s.leases, s.header)})
 	pb.RegisterMaintenanceServer(s.grpc, &maintenanceService{s: s})
 	pb.RegisterClusterServer(s.grpc, &clusterService{s: s})
 
@@ -173,7 +188,21 @@ func (s *Server) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
 	if s.cfg.AutoCompactionRetention > 0 {
-		go s.autoCompact(ctx, s.cfg.AutoCompactionRetention)
+		s.background.Add(1)
+		go func() { defer s.background.Done(); s.autoCompact(ctx, s.cfg.AutoCompactionRetention) }()
+	}
+	if s.multiNode() {
+		addr := s.cfg.AdvertiseClientURL
+		if addr == "" && len(s.urls) > 0 {
+			addr = s.urls[0]
+		}
+		s.roleMu.Lock()
+		s.startTail()
+		s.roleMu.Unlock()
+		s.elector = leader.New(s.be, leader.Options{ID: s.cfg.NodeID, Address: addr, Lease: s.cfg.LeaderLease, Logger: s.cfg.Logger},
+			leader.Callbacks{Elected: s.becomeLeader, Deposed: s.becomeFollower})
+		s.background.Add(1)
+		go func() { defer s.background.Done(); s.elector.Run(ctx) }()
 	}
 	for _, l := range s.listeners {
 		s.serveWG.Add(1)
@@ -200,9 +229,7 @@ func (s *Server) ClientURLs() []string { return append([]string(nil), s.urls...)
 // ended, the writer drains its queue, then the backend closes.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
-		if s.stopBackground != nil {
-			s.stopBackground()
-		}
+		s.closing.Store(true)
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
@@ -213,21 +240,63 @@ func (s *Server) Close() error {
 			}
 			s.serveWG.Wait()
 		}
-		s.leases.Stop()
-		s.seq.Close()
-		if c, ok := any(s.hub).(interface{ Close() }); ok {
+		if s.stopBackground != nil {
+			s.stopBackground() // releases leadership, if held
+		}
+		s.background.Wait()
+		s.becomeFollower(0)
+		s.roleMu.Lock()
+		s.stopTail()
+		s.roleMu.Unlock()
+		s.hub.Close()
+		s.connMu.Lock()
+		for _, c := range s.conns {
 			c.Close()
 		}
-		s.closeErr = s.be.Close()
+		s.connMu.Unlock()
+		if s.ownsBE {
+			s.closeErr = s.be.Close()
+		}
 	})
 	return s.closeErr
 }
 
+// Kill stops the member abruptly, as a crash would: no lease release, no
+// draining. Tests use it to kill a leader.
+func (s *Server) Kill() {
+	s.closeOnce.Do(func() {
+		s.closing.Store(true)
+		if s.grpc != nil {
+			s.grpc.Stop()
+		}
+		if s.stopBackground != nil {
+			s.stopBackground()
+		}
+		s.background.Wait()
+		s.becomeFollower(0)
+		s.roleMu.Lock()
+		s.stopTail()
+		s.roleMu.Unlock()
+		s.hub.Close()
+	})
+}
+
 // header is the response header every answer carries.
 func (s *Server) header() *pb.ResponseHeader {
-	return &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.memberID, Revision: s.seq.Rev(), RaftTerm: 1}
+	return &pb.ResponseHeader{ClusterId: s.clusterID, MemberId: s.memberID, Revision: s.hub.Rev(), RaftTerm: s.term()}
+}
+
+// term is reported as etcd's raft term: the leader term (1 on one node).
+func (s *Server) term() uint64 {
+	if s.elector == nil {
+		return 1
+	}
+	if rec, _ := s.elector.Leader(); rec != nil {
+		return uint64(rec.Term)
+	}
+	return 0
 }
 
 func (s *Server) fill(h *pb.ResponseHeader) {
-	h.ClusterId, h.MemberId, h.RaftTerm = s.clusterID, s.memberID, 1
+	h.ClusterId, h.MemberId, h.RaftTerm = s.clusterID, s.memberID, s.term()
 }

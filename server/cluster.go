@@ -1,0 +1,277 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/axon-kv/axon/lease"
+	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/revision"
+)
+
+// Roles. Every node serves reads from backend snapshots and watches from
+// its own hub. The leader runs the single writer and the lease table; a
+// follower forwards writes, lease and compaction calls to the leader and
+// feeds its hub by tailing the stored revision records.
+
+// multiNode reports whether nodes share the backend and must elect.
+func (s *Server) multiNode() bool { return s.cfg.Backend == "tikv" || s.cfg.SharedBackend != nil }
+
+// writer is the local single writer, nil on a follower.
+func (s *Server) writer() *revision.Sequencer { return s.seq.Load() }
+
+func hashID(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
+}
+
+// becomeLeader starts the writer. The hub first catches up with everything
+// stored, so the writer's first revision follows the last one watchers saw.
+func (s *Server) becomeLeader(term int64) error {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	s.stopTail()
+	if err := s.tailOnce(); err != nil {
+		s.startTail()
+		return fmt.Errorf("catch up before leading: %w", err)
+	}
+	opts := revision.Options{Logger: s.cfg.Logger, MaxGroupRequests: s.cfg.MaxGroupRequests}
+	if s.elector != nil {
+		opts.Fence = s.elector.Fence
+		opts.FenceLost = s.elector.StepDown
+	}
+	seq, err := revision.New(s.be, opts)
+	if err != nil {
+		s.startTail()
+		return err
+	}
+	if seq.Rev() != s.hub.Rev() && s.hub.Rev() != 0 {
+		s.startTail()
+		return fmt.Errorf("stored revision %d moved past the caught-up %d: another writer is active", seq.Rev(), s.hub.Rev())
+	}
+	snap, err := s.be.Snapshot()
+	if err != nil {
+		s.startTail()
+		return err
+	}
+	err = s.leases.Load(snap)
+	snap.Close()
+	if err != nil {
+		s.startTail()
+		return fmt.Errorf("load leases: %w", err)
+	}
+	seq.SetPublisher(s.hub)
+	seq.SetLeases(s.leases)
+	seq.Start()
+	s.leases.Start()
+	s.seq.Store(seq)
+	s.cfg.Logger.Info("leading", "term", term, "revision", seq.Rev(), "compacted", seq.CompactedRev())
+	return nil
+}
+
+// becomeFollower stops the writer and starts tailing.
+func (s *Server) becomeFollower(term int64) {
+	s.roleMu.Lock()
+	defer s.roleMu.Unlock()
+	if seq := s.seq.Swap(nil); seq != nil {
+		s.leases.Stop()
+		seq.Close()
+	}
+	if !s.closing.Load() {
+		s.startTail()
+	}
+}
+
+func (s *Server) startTail() {
+	if s.tailStop != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s.tailStop = func() { cancel(); <-done }
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.cfg.FollowerPoll)
+		defer t.Stop()
+		for {
+			if err := s.tailOnce(); err != nil {
+				s.cfg.Logger.Warn("tailing the revision log failed", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+func (s *Server) stopTail() {
+	if s.tailStop != nil {
+		s.tailStop()
+		s.tailStop = nil
+	}
+}
+
+// tailOnce publishes every stored revision the hub has not seen.
+func (s *Server) tailOnce() error {
+	snap, err := s.be.Snapshot()
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	r := mvcc.Reader{Snap: snap}
+	cur, comp, err := r.Meta()
+	if err != nil {
+		return err
+	}
+	if comp > s.hub.CompactRev() {
+		s.hub.Compacted(comp)
+	}
+	from := s.hub.Rev() + 1
+	if cur < from {
+		return nil
+	}
+	return r.Events(from, cur, true, func(rev int64, evs []*mvccpb.Event) error {
+		s.hub.Publish(rev, evs)
+		return nil
+	})
+}
+
+// hasLeader reports whether writes can be served now.
+func (s *Server) hasLeader() bool {
+	if !s.multiNode() {
+		return true
+	}
+	if s.writer() != nil {
+		return true
+	}
+	rec, ok := s.elector.Leader()
+	return rec != nil && ok
+}
+
+// leaderConn returns a connection to the current leader.
+func (s *Server) leaderConn() (*grpc.ClientConn, error) {
+	if s.elector == nil {
+		return nil, rpctypes.ErrGRPCNoLeader
+	}
+	rec, ok := s.elector.Leader()
+	if rec == nil || !ok || rec.Id == s.cfg.NodeID || rec.Address == "" {
+		return nil, rpctypes.ErrGRPCNoLeader
+	}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if c := s.conns[rec.Address]; c != nil {
+		return c, nil
+	}
+	target := rec.Address
+	if u, err := url.Parse(rec.Address); err == nil && u.Host != "" {
+		target = u.Host
+	}
+	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
+	if err != nil {
+		return nil, err
+	}
+	s.conns[rec.Address] = c
+	return c, nil
+}
+
+// retryable errors leave nothing committed: the request may go to the new
+// leader.
+func retryable(err error) bool {
+	return errors.Is(err, revision.ErrNotLeader) || errors.Is(err, revision.ErrStopped) ||
+		errors.Is(err, lease.ErrNotPrimary)
+}
+
+// forwardCtx drops the client's metadata but keeps its deadline.
+func forwardCtx(ctx context.Context) context.Context {
+	return metadata.NewOutgoingContext(ctx, metadata.MD{})
+}
+
+// doWrite runs a write on the local writer or forwards it to the leader.
+// A write the local writer refused because it lost leadership is retried
+// on the new leader once one is known.
+func doWrite[T any](ctx context.Context, s *Server, local func(*revision.Sequencer) (T, error), remote func(context.Context, *grpc.ClientConn) (T, error)) (T, error) {
+	var zero T
+	deadline := time.Now().Add(2 * s.cfg.LeaderLease)
+	for {
+		if w := s.writer(); w != nil {
+			resp, err := local(w)
+			if err == nil || !retryable(err) || !s.multiNode() {
+				return resp, err
+			}
+		} else if s.multiNode() {
+			c, err := s.leaderConn()
+			if err == nil {
+				return remote(forwardCtx(ctx), c)
+			}
+		} else {
+			return zero, rpctypes.ErrGRPCNoLeader
+		}
+		if time.Now().After(deadline) {
+			return zero, rpctypes.ErrGRPCNoLeader
+		}
+		select {
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// leaseWriter gives the lease table whichever writer leads now.
+type leaseWriter struct{ s *Server }
+
+func (l leaseWriter) GrantLease(ctx context.Context, id, ttl int64) error {
+	w := l.s.writer()
+	if w == nil {
+		return revision.ErrNotLeader
+	}
+	return w.GrantLease(ctx, id, ttl)
+}
+
+func (l leaseWriter) RevokeLease(ctx context.Context, id int64) (int64, error) {
+	w := l.s.writer()
+	if w == nil {
+		return 0, revision.ErrNotLeader
+	}
+	return w.RevokeLease(ctx, id)
+}
+
+// requireLeader answers etcd's "no leader" to unary calls made with
+// clientv3.WithRequireLeader when no leader is known.
+func (s *Server) requireLeader(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(rpctypes.MetadataRequireLeaderKey); len(v) > 0 && v[0] == rpctypes.MetadataHasLeader && !s.hasLeader() {
+			return nil, rpctypes.ErrGRPCNoLeader
+		}
+	}
+	return handler(ctx, req)
+}
+
+// nodeID defaults to something stable per data dir and listen address.
+func defaultNodeID(cfg Config) string {
+	return fmt.Sprintf("axon-%x", hashID(cfg.DataDir+"|"+strings.Join(cfg.ListenClientURLs, ",")))
+}
+
+// roleState is the part of Server that changes with leadership.
+type roleState struct {
+	roleMu   sync.Mutex
+	tailStop func()
+	connMu   sync.Mutex
+	conns    map[string]*grpc.ClientConn
+}
