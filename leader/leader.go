@@ -55,6 +55,7 @@ type Elector struct {
 	validUntil  time.Time // local bound on our lease, with a safety margin
 	leader      *axonpb.LeaderRecord
 	stepDownReq chan struct{}
+	crashed     bool
 }
 
 // New makes an elector; call Run.
@@ -80,7 +81,14 @@ func (e *Elector) Run(ctx context.Context) {
 		e.step(ctx)
 		select {
 		case <-ctx.Done():
-			e.release()
+			e.mu.Lock()
+			crashed := e.crashed
+			e.mu.Unlock()
+			if crashed {
+				e.depose("stopped without releasing")
+			} else {
+				e.release()
+			}
 			return
 		case <-tick.C:
 		case <-e.stepDownReq:
@@ -95,6 +103,14 @@ func (e *Elector) Fence() []backend.Condition {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return []backend.Condition{{Key: mvcc.MetaLeaderTerm, Value: mvcc.EncodeRev(e.term)}}
+}
+
+// Crash makes Run return without releasing the lease, as a killed process
+// would; the successor must wait for the lease to run out.
+func (e *Elector) Crash() {
+	e.mu.Lock()
+	e.crashed = true
+	e.mu.Unlock()
 }
 
 // StepDown is called when a fenced commit failed: someone else leads.
