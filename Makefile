@@ -33,3 +33,12 @@ run: build
 
 clean:
 	rm -rf bin
+
+# Benchmark Axon (Badger, fsync on) against a real etcd and the null server
+# on loopback: writes bench-results/report.html and prints the table. Knobs:
+# BENCH_DURATION per timed step, BENCH_OBJECTS for the memory step,
+# BENCH_SUITE (standard, quick, full), BENCH_STEPS (e.g. create,list),
+# BENCH_WATCHERS, BENCH_WATCH_RATE, BENCH_OUT. See benchmark/README.md.
+.PHONY: bench-compare
+bench-compare: build
+	GO='$(GO)' BENCH_AXON_BIN='$(BIN)' bash benchmark/scripts/bench-compare.sh
