@@ -59,6 +59,11 @@ const (
 	// Size is read on hot paths (quota checks), but walking the directory
 	// costs a syscall per file, so a recent answer is reused.
 	sizeTTL = time.Second
+
+	// How often compaction is told which old versions no snapshot can
+	// read any more (see advanceDiscardTs). It only bounds how long such a
+	// version survives the compactions that pass over it; the call is cheap.
+	discardInterval = time.Second
 )
 
 // Options configure Open.
@@ -74,6 +79,14 @@ type Options struct {
 }
 
 // DB is a backend.Backend stored in Badger. It is safe for concurrent use.
+//
+// Badger runs in managed mode: DB, not Badger, hands out timestamps. In
+// Badger's own mode every new transaction, read-only ones included, first
+// waits for all commits in flight, fsync and all, so under write load every
+// Snapshot cost a sync. Here each commit takes the next number of a counter
+// and is written at it; a number is published as readable once its batch
+// and every earlier one have been written and synced, and a Snapshot just
+// reads at the newest published number without waiting for anything.
 type DB struct {
 	db       *badgerdb.DB
 	dir      string
@@ -86,8 +99,23 @@ type DB struct {
 	// commits therefore run alone; unconditional ones need not.
 	commitMu sync.RWMutex
 
-	stopGC chan struct{}
-	gcDone chan struct{}
+	// seqMu hands out commit timestamps and is held while the batch is
+	// queued, so Badger writes batches in timestamp order. lastTs is the
+	// newest handed out; after Open it is the newest stored version, which
+	// is how the counter survives restarts without being stored itself.
+	seqMu  sync.Mutex
+	lastTs uint64
+	// published is the newest timestamp readers may use.
+	published watermark
+	// pins holds the read timestamps of open snapshots.
+	pins pins
+
+	// afterWrite, if set (by tests), runs once a batch is written and
+	// synced but before its timestamp is published.
+	afterWrite func(ts uint64)
+
+	stop   chan struct{}
+	bgDone chan struct{}
 
 	sizeMu sync.Mutex
 	sizeAt time.Time
@@ -120,8 +148,9 @@ func Open(opts Options) (*DB, error) {
 		// commitMu, so Badger's per-key conflict tracking is pure overhead.
 		WithDetectConflicts(false).
 		// MVCC history is kept as distinct keys above the seam; Badger's own
-		// versions are only needed for open snapshots, which it honours
-		// regardless of this setting.
+		// versions are only needed by open snapshots. Compaction keeps every
+		// version above the discard timestamp, which advanceDiscardTs holds
+		// at the oldest open snapshot, and one per key at or below it.
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(memTableSize).
 		WithNumMemtables(numMemtables).
@@ -140,29 +169,38 @@ func Open(opts Options) (*DB, error) {
 		bo = bo.WithValueThreshold(inMemoryMaxValue)
 	}
 
-	db, err := badgerdb.Open(bo)
+	db, err := badgerdb.OpenManaged(bo)
 	if err != nil {
 		return nil, fmt.Errorf("badger: open %q: %w", opts.Dir, err)
 	}
 	d := &DB{db: db, dir: opts.Dir, inMemory: opts.InMemory, log: logger}
 	d.gate.init()
-	if !opts.InMemory {
-		d.stopGC = make(chan struct{})
-		d.gcDone = make(chan struct{})
-		go d.gcLoop()
-	}
+	// Every commit is stored at its timestamp (in the WAL, memtables and
+	// tables alike, and value-log GC rewrites keep versions), so the newest
+	// stored version is the newest acknowledged commit or a later one that
+	// reached the WAL before a crash. Continuing from it keeps new writes
+	// above everything already stored. A store written by Badger's own mode
+	// continues the same way.
+	d.lastTs = db.MaxVersion()
+	d.published.init(d.lastTs)
+	d.pins.init()
+	d.advanceDiscardTs()
+	d.stop = make(chan struct{})
+	d.bgDone = make(chan struct{})
+	go d.background()
 	return d, nil
 }
 
-// Snapshot implements backend.Backend. Badger starts every transaction by
-// waiting for commits already in flight, so under write load a Snapshot
-// (and a Commit) can take up to one fsync.
+// Snapshot implements backend.Backend. It reads at the newest published
+// timestamp, which covers every Commit that has returned, and never waits
+// for commits in flight.
 func (d *DB) Snapshot() (backend.Snapshot, error) {
 	if !d.gate.enter() {
 		return nil, backend.ErrClosed
 	}
 	defer d.gate.exit()
-	return &snapshot{d: d, txn: d.db.NewTransaction(false)}, nil
+	ts := d.pins.pin(&d.published)
+	return &snapshot{d: d, ts: ts, txn: d.db.NewTransactionAt(ts, false)}, nil
 }
 
 // Commit implements backend.Backend. A batch larger than Badger's
@@ -190,7 +228,10 @@ func (d *DB) Commit(b *backend.Batch) error {
 		}
 	}
 
-	txn := d.db.NewTransaction(true)
+	// Conditions read at the newest published timestamp. A conditional
+	// commit holds commitMu exclusively, so no commit is in flight and that
+	// timestamp covers every commit so far.
+	txn := d.db.NewTransactionAt(d.published.ts(), true)
 	defer txn.Discard()
 	for _, c := range b.Conditions {
 		ok, err := holds(txn, c)
@@ -212,7 +253,35 @@ func (d *DB) Commit(b *backend.Batch) error {
 			return fmt.Errorf("badger: op %d of %d (batch ~%d bytes): %w", i, len(b.Ops), b.Bytes(), err)
 		}
 	}
-	if err := txn.Commit(); err != nil {
+	if len(b.Ops) == 0 {
+		return nil
+	}
+	return d.commitAt(txn)
+}
+
+// commitAt writes txn at the next timestamp and returns once it is synced
+// and published.
+func (d *DB) commitAt(txn *badgerdb.Txn) error {
+	written := make(chan error, 1)
+	d.seqMu.Lock()
+	d.lastTs++
+	ts := d.lastTs
+	// With a callback CommitAt returns once the batch is queued (or
+	// refused, calling back at once), not when it is written: holding
+	// seqMu only that long keeps the queue in timestamp order while
+	// concurrent commits still travel through Badger's writer together.
+	txn.CommitAt(ts, func(err error) { written <- err })
+	d.seqMu.Unlock()
+	err := <-written
+	if d.afterWrite != nil {
+		d.afterWrite(ts)
+	}
+	// Published even on failure, or later timestamps would wait forever.
+	// A failed batch is not acknowledged; as in Badger's own mode, where a
+	// failed commit's timestamp is marked done too, Badger normally applies
+	// nothing of it.
+	d.published.done(ts)
+	if err != nil {
 		return fmt.Errorf("badger: commit: %w", err)
 	}
 	return nil
@@ -301,37 +370,54 @@ func (d *DB) Close() error {
 	if !d.gate.shut() {
 		return backend.ErrClosed
 	}
-	if d.stopGC != nil {
-		close(d.stopGC)
-		<-d.gcDone
-	}
+	close(d.stop)
+	<-d.bgDone
 	if err := d.db.Close(); err != nil {
 		return fmt.Errorf("badger: close: %w", err)
 	}
 	return nil
 }
 
-func (d *DB) gcLoop() {
-	defer close(d.gcDone)
-	t := time.NewTicker(gcInterval)
-	defer t.Stop()
+func (d *DB) background() {
+	defer close(d.bgDone)
+	discard := time.NewTicker(discardInterval)
+	defer discard.Stop()
+	var gc <-chan time.Time
+	if !d.inMemory {
+		t := time.NewTicker(gcInterval)
+		defer t.Stop()
+		gc = t.C
+	}
 	for {
 		select {
-		case <-d.stopGC:
+		case <-d.stop:
 			return
-		case <-t.C:
+		case <-discard.C:
+			d.advanceDiscardTs()
+		case <-gc:
 			d.collectValueLog()
 		}
 	}
+}
+
+// advanceDiscardTs tells compaction it may drop versions that were
+// overwritten or deleted at or below the oldest open snapshot's timestamp
+// (the newest published one when none is open): nobody can read them any
+// more. It returns that timestamp.
+func (d *DB) advanceDiscardTs() uint64 {
+	ts := d.pins.oldest(&d.published)
+	d.db.SetDiscardTs(ts)
+	return ts
 }
 
 // collectValueLog reclaims value-log space freed by deletes (MVCC
 // compaction). Each successful RunValueLogGC rewrites a single file, so it
 // repeats until Badger finds nothing worth rewriting.
 func (d *DB) collectValueLog() {
+	d.advanceDiscardTs()
 	for {
 		select {
-		case <-d.stopGC:
+		case <-d.stop:
 			return
 		default:
 		}
@@ -353,6 +439,7 @@ var emptyValue = []byte{}
 
 type snapshot struct {
 	d      *DB
+	ts     uint64
 	txn    *badgerdb.Txn
 	closed atomic.Bool
 }
@@ -454,12 +541,10 @@ func (s *snapshot) Close() {
 	if s.closed.Swap(true) {
 		return
 	}
-	// Once the DB is closed Badger's read-watermark goroutine is gone and
-	// Discard could block on its channel; the read view dies with the DB.
-	if s.d.gate.enter() {
-		s.txn.Discard()
-		s.d.gate.exit()
-	}
+	// In managed mode Discard only marks the transaction, so it is safe
+	// even once the DB is closed.
+	s.txn.Discard()
+	s.d.pins.unpin(s.ts)
 }
 
 // commonPrefix returns the longest prefix of start and end; nil if end is
@@ -474,6 +559,91 @@ func commonPrefix(start, end []byte) []byte {
 		i++
 	}
 	return start[:i:i]
+}
+
+// watermark publishes commit timestamps in order. Batches may finish
+// writing out of order, but a timestamp becomes readable only once it and
+// every earlier one are done; otherwise a snapshot at a later timestamp
+// could miss an earlier batch and then see it appear underneath it.
+type watermark struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	visible atomic.Uint64
+	early   map[uint64]struct{} // done, but above a timestamp still in flight
+}
+
+func (w *watermark) init(ts uint64) {
+	w.cond.L = &w.mu
+	w.visible.Store(ts)
+	w.early = make(map[uint64]struct{})
+}
+
+// ts returns the newest published timestamp.
+func (w *watermark) ts() uint64 { return w.visible.Load() }
+
+// done marks ts finished and returns once it is published. Timestamps are
+// handed out one by one, and each must be marked done exactly once.
+func (w *watermark) done(ts uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if v := w.visible.Load(); ts != v+1 {
+		w.early[ts] = struct{}{}
+		for w.visible.Load() < ts {
+			w.cond.Wait()
+		}
+		return
+	}
+	v := ts
+	for {
+		if _, ok := w.early[v+1]; !ok {
+			break
+		}
+		delete(w.early, v+1)
+		v++
+	}
+	w.visible.Store(v)
+	w.cond.Broadcast()
+}
+
+// pins counts open snapshots by read timestamp, so compaction keeps the
+// versions the oldest of them reads.
+type pins struct {
+	mu sync.Mutex
+	n  map[uint64]int
+}
+
+func (p *pins) init() { p.n = make(map[uint64]int) }
+
+// pin returns the newest published timestamp, held until unpin. Reading it
+// under the lock orders it against oldest: a snapshot pinned after oldest
+// returns can only get a timestamp at or above what oldest returned.
+func (p *pins) pin(w *watermark) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ts := w.ts()
+	p.n[ts]++
+	return ts
+}
+
+func (p *pins) unpin(ts uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[ts]--; p.n[ts] <= 0 {
+		delete(p.n, ts)
+	}
+}
+
+// oldest returns the smallest pinned timestamp, or the newest published
+// one when nothing is pinned. It walks the distinct pinned timestamps,
+// which it only does once a second.
+func (p *pins) oldest(w *watermark) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ts := w.ts()
+	for t := range p.n {
+		ts = min(ts, t)
+	}
+	return ts
 }
 
 // gate lets calls run concurrently until Close, which must not pull Badger
