@@ -15,21 +15,31 @@ import (
 
 	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/backend/badger"
+	"github.com/axon-kv/axon/backend/tikv/tikvtest"
 	"github.com/axon-kv/axon/internal/testenv"
 	"github.com/axon-kv/axon/server"
 )
 
-// sharedBackends are the engines several nodes can share in one process.
-// Badger stands in for a shared store here; the TiKV mock cluster is the
-// real multi-node engine (added by tikvSharedBackend when built).
-var sharedBackends = map[string]func(t *testing.T) backend.Backend{
-	"badger-shared": func(t *testing.T) backend.Backend {
+// sharedBackends are the engines several nodes can share in one process:
+// each returns an opener giving every node its own handle on one store.
+// The TiKV mock cluster is the real multi-node engine (each node gets its
+// own client-go client, as separate processes would); one Badger database
+// shared in-process stands in for comparison.
+var sharedBackends = map[string]func(t *testing.T) func() backend.Backend{
+	"tikv-mock": func(t *testing.T) func() backend.Backend {
+		c := tikvtest.NewCluster(t)
+		return func() backend.Backend {
+			db := c.Open(t, tikvtest.Options())
+			return db
+		}
+	},
+	"badger-shared": func(t *testing.T) func() backend.Backend {
 		be, err := badger.Open(badger.Options{InMemory: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { be.Close() })
-		return be
+		return func() backend.Backend { return be }
 	},
 }
 
@@ -39,12 +49,12 @@ type node struct {
 	url string
 }
 
-func startNodes(t *testing.T, be backend.Backend, n int) []*node {
+func startNodes(t *testing.T, open func() backend.Backend, n int) []*node {
 	var nodes []*node
 	for i := 0; i < n; i++ {
 		cfg := server.Config{
 			ListenClientURLs: []string{"http://127.0.0.1:0"},
-			SharedBackend:    be,
+			SharedBackend:    open(),
 			NodeID:           fmt.Sprintf("node-%d", i),
 			LeaderLease:      600 * time.Millisecond,
 			FollowerPoll:     10 * time.Millisecond,
@@ -93,8 +103,7 @@ type ack struct {
 func TestFailoverThreeNodes(t *testing.T) {
 	for name, open := range sharedBackends {
 		t.Run(name, func(t *testing.T) {
-			be := open(t)
-			nodes := startNodes(t, be, 3)
+			nodes := startNodes(t, open(t), 3)
 			lead := waitLeader(t, nodes)
 
 			// Watches on every node from the start.

@@ -1,12 +1,10 @@
 package server
 
 import (
-	"errors"
-
 	"github.com/axon-kv/axon/backend"
+	"github.com/axon-kv/axon/backend/tikv"
 )
 
-// openTiKV is replaced once the TiKV engine lands.
 func openTiKV(cfg Config) (backend.Backend, error) {
-	return nil, errors.New("tikv backend not built yet")
+	return tikv.Open(tikv.Options{PDEndpoints: cfg.PDEndpoints, Logger: cfg.Logger})
 }
