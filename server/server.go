@@ -266,6 +266,9 @@ func (s *Server) Close() error {
 func (s *Server) Kill() {
 	s.closeOnce.Do(func() {
 		s.closing.Store(true)
+		if s.elector != nil {
+			s.elector.Crash()
+		}
 		if s.grpc != nil {
 			s.grpc.Stop()
 		}
@@ -280,6 +283,9 @@ func (s *Server) Kill() {
 		s.hub.Close()
 	})
 }
+
+// IsLeader reports whether this node runs the single writer now.
+func (s *Server) IsLeader() bool { return s.writer() != nil }
 
 // header is the response header every answer carries.
 func (s *Server) header() *pb.ResponseHeader {
