@@ -42,3 +42,12 @@ clean:
 .PHONY: bench-compare
 bench-compare: build
 	GO='$(GO)' BENCH_AXON_BIN='$(BIN)' bash benchmark/scripts/bench-compare.sh
+
+# End-to-end: kube-apiserver's storage test suite against Axon (a real etcd
+# as the control), then a real kube-apiserver (built from deploy/e2e's module
+# into deploy/e2e/.bin) on Axon under a client-go workload. E2E_PROFILE=ci
+# runs the CI-sized workload; E2E_PARTS=storage or kube runs one part. See
+# deploy/e2e/README.md.
+.PHONY: e2e
+e2e:
+	GO='$(GO)' deploy/e2e/run.sh

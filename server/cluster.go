@@ -13,7 +13,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/axon-kv/axon/lease"
@@ -48,7 +47,7 @@ func (s *Server) becomeLeader(term int64) error {
 		s.startTail()
 		return fmt.Errorf("catch up before leading: %w", err)
 	}
-	opts := revision.Options{Logger: s.cfg.Logger, MaxGroupRequests: s.cfg.MaxGroupRequests}
+	opts := revision.Options{Logger: s.cfg.Logger, MaxGroupRequests: s.cfg.MaxGroupRequests, QueueLength: s.cfg.WriteQueueLength}
 	if s.elector != nil {
 		opts.Fence = s.elector.Fence
 		opts.FenceLost = s.elector.StepDown
@@ -75,6 +74,7 @@ func (s *Server) becomeLeader(term int64) error {
 	}
 	seq.SetPublisher(s.hub)
 	seq.SetLeases(s.leases)
+	seq.OnGroup = s.ObserveGroup
 	seq.Start()
 	s.leases.Start()
 	s.seq.Store(seq)
@@ -181,7 +181,7 @@ func (s *Server) leaderConn() (*grpc.ClientConn, error) {
 	if u, err := url.Parse(rec.Address); err == nil && u.Host != "" {
 		target = u.Host
 	}
-	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err := grpc.NewClient(target, grpc.WithTransportCredentials(s.DialCreds(rec.Address)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<31-1)))
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package server
 
 import (
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/axon-kv/axon/backend"
@@ -45,6 +46,37 @@ type Config struct {
 	// elects a leader among those sharing it (tests run several nodes on
 	// one mock TiKV cluster this way). Its owner closes it.
 	SharedBackend backend.Backend
+
+	// Operations (see tls.go, http.go, quota.go, limits.go, metrics.go).
+
+	// CertFile and KeyFile are the server certificate for https:// client
+	// URLs (etcd's --cert-file, --key-file); reloaded when they change.
+	CertFile, KeyFile string
+	// TrustedCAFile verifies client certificates (--trusted-ca-file). As in
+	// etcd, setting it (or ClientCertAuth) makes a client certificate
+	// signed by it mandatory on https:// URLs.
+	TrustedCAFile string
+	// ClientCertAuth is etcd's --client-cert-auth.
+	ClientCertAuth bool
+	// ListenMetricsURLs are plain http:// URLs serving /metrics, /health,
+	// /livez, /readyz (and /debug/pprof with EnablePprof).
+	ListenMetricsURLs []string
+	// EnablePprof serves net/http/pprof under /debug/pprof/ on the metrics
+	// URLs.
+	EnablePprof bool
+	// MaxConcurrentStreams bounds concurrent gRPC streams per client
+	// connection (etcd's --max-concurrent-streams); 0 means math.MaxUint32.
+	MaxConcurrentStreams uint32
+	// MaxWatchersPerStream bounds the watchers one Watch stream may hold;
+	// 0 means unlimited, as in etcd.
+	MaxWatchersPerStream int
+	// WriteQueueLength bounds the writer's queue (revision.Options.
+	// QueueLength); writers beyond it wait. 0 means the writer's default.
+	WriteQueueLength int
+	// QuotaBackendBytes raises the NOSPACE alarm when the backend grows
+	// past it (etcd's --quota-backend-bytes); 0 means 2 GiB, negative
+	// turns the quota off.
+	QuotaBackendBytes int64
 }
 
 // Defaults as etcd has them.
@@ -56,6 +88,8 @@ const (
 	DefaultMaxTxnOps                   = 128
 	DefaultWatchProgressNotifyInterval = 10 * time.Minute
 	DefaultLeaderLease                 = 3 * time.Second
+	DefaultMaxConcurrentStreams        = math.MaxUint32
+	DefaultQuotaBackendBytes           = 2 << 30
 )
 
 // WithDefaults fills unset fields.
@@ -83,6 +117,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.LeaderLease <= 0 {
 		c.LeaderLease = DefaultLeaderLease
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if c.QuotaBackendBytes == 0 {
+		c.QuotaBackendBytes = DefaultQuotaBackendBytes
 	}
 	if c.FollowerPoll <= 0 {
 		c.FollowerPoll = 20 * time.Millisecond

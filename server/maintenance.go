@@ -6,13 +6,12 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/version"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-// maintenanceService answers the probes clients make. Calls that would
-// change the member or read raw storage (Defragment, Snapshot, Hash,
-// MoveLeader, Downgrade) answer Unimplemented through the embedded type.
+// maintenanceService answers the probes clients make, alarms (quota.go)
+// and snapshots (snapshot.go). Calls that would change the member or read
+// raw storage (Defragment, Hash, MoveLeader, Downgrade) answer
+// Unimplemented through the embedded type.
 type maintenanceService struct {
 	pb.UnimplementedMaintenanceServer
 	s *Server
@@ -38,6 +37,7 @@ func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*
 		StorageVersion:   version.Version,
 		DbSize:           size,
 		DbSizeInUse:      size,
+		DbSizeQuota:      max(m.s.quota.limit.Load(), 0),
 		Leader:           leaderID,
 		RaftIndex:        uint64(rev),
 		RaftTerm:         m.s.term(),
@@ -45,13 +45,9 @@ func (m *maintenanceService) Status(ctx context.Context, _ *pb.StatusRequest) (*
 	}, nil
 }
 
-// Alarm lists no alarms: Axon raises none yet. Raising or clearing one is
-// not supported.
+// Alarm lists, raises and clears the NOSPACE alarm (see quota.go).
 func (m *maintenanceService) Alarm(ctx context.Context, r *pb.AlarmRequest) (*pb.AlarmResponse, error) {
-	if r.Action != pb.AlarmRequest_GET {
-		return nil, status.Error(codes.Unimplemented, "axon: alarms cannot be changed")
-	}
-	return &pb.AlarmResponse{Header: m.s.header()}, nil
+	return m.s.alarm(r)
 }
 
 type clusterService struct {

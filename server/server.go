@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,12 +21,14 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/backend/badger"
-	"github.com/axon-kv/axon/lease"
 	"github.com/axon-kv/axon/leader"
+	"github.com/axon-kv/axon/lease"
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/revision"
 	"github.com/axon-kv/axon/watch"
@@ -40,13 +43,13 @@ const grpcOverheadBytes = 512 * 1024
 type Server struct {
 	cfg Config
 
-	be       backend.Backend
-	ownsBE   bool
-	seq      atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
-	hub      *watch.Hub
-	leases   *lease.Manager
-	elector  *leader.Elector
-	closing  atomic.Bool
+	be      backend.Backend
+	ownsBE  bool
+	seq     atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
+	hub     *watch.Hub
+	leases  *lease.Manager
+	elector *leader.Elector
+	closing atomic.Bool
 	roleState
 
 	memberID  uint64
@@ -56,6 +59,13 @@ type Server struct {
 	grpc      *grpc.Server
 	listeners []net.Listener
 	urls      []string
+
+	// operations: metrics.go, quota.go, http.go, tls.go
+	metrics     *metrics
+	quota       quota
+	healthSrv   *health.Server
+	httpServers []*http.Server
+	metricsURLs []string
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -72,7 +82,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NodeID == "" {
 		cfg.NodeID = defaultNodeID(cfg)
 	}
-	s := &Server{cfg: cfg, startedAt: time.Now()}
+	s := &Server{cfg: cfg, startedAt: time.Now(), metrics: newMetrics()}
+	s.quota.limit.Store(cfg.QuotaBackendBytes)
 	s.conns = map[string]*grpc.ClientConn{}
 	var err error
 	switch {
@@ -96,12 +107,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s backend: %w", cfg.Backend, err)
 	}
+	s.be = instrumented{Backend: s.be, m: s.metrics}
 	if err := s.recover(); err != nil {
 		if s.ownsBE {
 			s.be.Close()
 		}
 		return nil, err
 	}
+	s.metrics.reg.MustRegister(stateCollector{s})
 	return s, nil
 }
 
@@ -155,13 +168,26 @@ func (h history) Events(from, to int64, withPrev bool, fn func(rev int64, evs []
 
 // Start listens on every client URL and serves in the background.
 func (s *Server) Start() error {
-	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(s.requireLeader),
-		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes+grpcOverheadBytes),
-		grpc.MaxSendMsgSize(1<<31-1),
-		grpc.MaxConcurrentStreams(1<<32-1),
+	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), s.requireLeader, s.quotaCheck, s.leaseCounter),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.watchLimit),
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
+		grpc.MaxSendMsgSize(1<<31 - 1),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	}
+	var certs *certStore
+	for _, raw := range s.cfg.ListenClientURLs {
+		if u, err := url.Parse(raw); err == nil && u.Scheme == "https" && certs == nil {
+			if certs, err = newCertStore(s.cfg); err != nil {
+				return err
+			}
+			opts = append(opts, grpc.Creds(newListenerCreds(certs)))
+		}
+	}
+	s.grpc = grpc.NewServer(opts...)
+	s.healthSrv = newHealthServer()
+	healthpb.RegisterHealthServer(s.grpc, s.healthSrv)
 	pb.RegisterKVServer(s.grpc, &kvService{s: s})
 	pb.RegisterWatchServer(s.grpc, newWatchService(s.hub, s.cfg.WatchProgressNotifyInterval, s.cfg.Logger, s.header,
 		withHasLeader(s.hasLeader), withMaxRequestBytes(s.cfg.MaxRequestBytes)))
@@ -174,19 +200,27 @@ func (s *Server) Start() error {
 		if err != nil {
 			return fmt.Errorf("bad listen URL %q: %w", raw, err)
 		}
-		if u.Scheme != "http" && u.Scheme != "unix" {
-			return fmt.Errorf("listen URL %q: only http:// is supported so far", raw)
+		if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" {
+			return fmt.Errorf("listen URL %q: only http:// and https:// are supported", raw)
 		}
 		l, err := net.Listen("tcp", u.Host)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listen %s: %w", raw, err)
 		}
+		scheme := "http"
+		if u.Scheme == "https" {
+			l, scheme = tlsListener{l}, "https"
+		}
 		s.listeners = append(s.listeners, l)
-		s.urls = append(s.urls, "http://"+l.Addr().String())
+		s.urls = append(s.urls, scheme+"://"+l.Addr().String())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
+	if err := s.startOps(ctx); err != nil {
+		s.closeListeners()
+		return err
+	}
 	if s.cfg.AutoCompactionRetention > 0 {
 		s.background.Add(1)
 		go func() { defer s.background.Done(); s.autoCompact(ctx, s.cfg.AutoCompactionRetention) }()
@@ -230,6 +264,7 @@ func (s *Server) ClientURLs() []string { return append([]string(nil), s.urls...)
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closing.Store(true)
+		s.stopOps()
 		if s.grpc != nil {
 			done := make(chan struct{})
 			go func() { s.grpc.GracefulStop(); close(done) }()
@@ -269,6 +304,7 @@ func (s *Server) Kill() {
 		if s.elector != nil {
 			s.elector.Crash()
 		}
+		s.stopOps()
 		if s.grpc != nil {
 			s.grpc.Stop()
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -45,6 +46,22 @@ type serveOptions struct {
 	autoCompactionRetention     retentionValue
 	logLevel                    string
 	logFormat                   string
+
+	certFile             string
+	keyFile              string
+	trustedCAFile        string
+	clientCertAuth       bool
+	listenMetricsURLs    []string
+	enablePprof          bool
+	maxConcurrentStreams uint32
+	maxWatchersPerStream int
+	writeQueueLength     int
+	quotaBackendBytes    int64
+
+	pdEndpoints         []string
+	name                string
+	advertiseClientURLs []string
+	leaderLease         time.Duration
 }
 
 // registerFlags defines every serve flag on fs.
@@ -54,7 +71,15 @@ func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.dataDir, "data-dir", server.DefaultDataDir,
 		"directory of the Badger database, created (mode 0700) if missing; unused by the memory backend")
 	fs.StringVar(&o.backend, "backend", server.DefaultBackend,
-		"storage engine: badger (on disk, durable) or memory (in-memory Badger, lost on exit)")
+		"storage engine: badger (on disk, durable, single node), memory (in-memory Badger, lost on exit) or tikv (shared by several Axon nodes, see --pd-endpoints)")
+	fs.StringSliceVar(&o.pdEndpoints, "pd-endpoints", nil,
+		"comma-separated TiKV placement driver addresses (host:port), with --backend tikv")
+	fs.StringVar(&o.name, "name", "",
+		"this node's name among the Axon nodes sharing a TiKV cluster (default: derived from the listen URLs)")
+	fs.StringSliceVar(&o.advertiseClientURLs, "advertise-client-urls", nil,
+		"client URL other Axon nodes forward writes to while this node leads (default: the first listen URL)")
+	fs.DurationVar(&o.leaderLease, "leader-lease", server.DefaultLeaderLease,
+		"with --backend tikv: how long a leader keeps leadership without renewing; a failed leader is replaced within about this time")
 	fs.IntVar(&o.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes,
 		"maximum client request size in bytes the server will accept")
 	fs.IntVar(&o.maxTxnOps, "max-txn-ops", server.DefaultMaxTxnOps,
@@ -66,6 +91,22 @@ func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
 		"history to keep before compacting automatically: a duration (e.g. 30m, 5h) or whole hours as in etcd (e.g. 1); 0 disables auto compaction")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+
+	fs.StringVar(&o.certFile, "cert-file", "", "TLS certificate for https:// client URLs (PEM); re-read when it changes")
+	fs.StringVar(&o.keyFile, "key-file", "", "TLS key for --cert-file (PEM)")
+	fs.StringVar(&o.trustedCAFile, "trusted-ca-file", "", "CA bundle (PEM) that client certificates must chain to; setting it requires client certificates, as in etcd")
+	fs.BoolVar(&o.clientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file on https:// client URLs")
+	fs.StringSliceVar(&o.listenMetricsURLs, "listen-metrics-urls", nil,
+		"comma-separated http://host:port URLs serving /metrics, /health, /livez and /readyz (plain HTTP)")
+	fs.BoolVar(&o.enablePprof, "enable-pprof", false, "serve runtime profiling data under /debug/pprof/ on the metrics URLs")
+	fs.Uint32Var(&o.maxConcurrentStreams, "max-concurrent-streams", server.DefaultMaxConcurrentStreams,
+		"maximum concurrent gRPC streams (calls and watch streams) per client connection")
+	fs.IntVar(&o.maxWatchersPerStream, "max-watchers-per-stream", 0,
+		"maximum watchers on one watch stream; further creations are canceled with a reason (0: no limit, as in etcd)")
+	fs.IntVar(&o.writeQueueLength, "write-queue-length", 4096,
+		"writes queued for the single writer before callers wait for room")
+	fs.Int64Var(&o.quotaBackendBytes, "quota-backend-bytes", server.DefaultQuotaBackendBytes,
+		"backend size that raises the NOSPACE alarm and refuses writes that add data (0: the 2 GiB default; negative: no quota)")
 }
 
 // addAlias defines a hidden flag that sets the same value as canonical.
@@ -178,9 +219,30 @@ func (o *serveOptions) config() (server.Config, error) {
 	switch o.backend {
 	case "badger", "memory":
 		cfg.Backend = o.backend
+		if len(o.pdEndpoints) > 0 || len(o.advertiseClientURLs) > 0 {
+			return cfg, fmt.Errorf("--backend %s is single-node: leader/follower mode (--pd-endpoints, --advertise-client-urls) needs --backend tikv", o.backend)
+		}
+	case "tikv":
+		cfg.Backend = o.backend
+		for _, ep := range o.pdEndpoints {
+			if ep = strings.TrimSpace(ep); ep != "" {
+				cfg.PDEndpoints = append(cfg.PDEndpoints, ep)
+			}
+		}
+		if len(cfg.PDEndpoints) == 0 {
+			return cfg, fmt.Errorf("--backend tikv needs --pd-endpoints")
+		}
 	default:
-		return cfg, fmt.Errorf("--backend: %q is not one of badger, memory", o.backend)
+		return cfg, fmt.Errorf("--backend: %q is not one of badger, memory, tikv", o.backend)
 	}
+	cfg.NodeID = o.name
+	if len(o.advertiseClientURLs) > 0 {
+		cfg.AdvertiseClientURL = strings.TrimSpace(o.advertiseClientURLs[0])
+	}
+	if o.leaderLease <= 0 {
+		return cfg, fmt.Errorf("--leader-lease: must be positive, got %s", o.leaderLease)
+	}
+	cfg.LeaderLease = o.leaderLease
 	if o.backend == "badger" && strings.TrimSpace(o.dataDir) == "" {
 		return cfg, fmt.Errorf("--data-dir: must not be empty with the badger backend")
 	}
@@ -199,6 +261,40 @@ func (o *serveOptions) config() (server.Config, error) {
 	}
 	cfg.WatchProgressNotifyInterval = o.watchProgressNotifyInterval
 	cfg.AutoCompactionRetention = time.Duration(o.autoCompactionRetention)
+
+	if err := o.tlsConfig(&cfg); err != nil {
+		return cfg, err
+	}
+	for _, raw := range o.listenMetricsURLs {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		if err := checkURL(raw, false); err != nil {
+			return cfg, fmt.Errorf("--listen-metrics-urls: %w", err)
+		}
+		cfg.ListenMetricsURLs = append(cfg.ListenMetricsURLs, raw)
+	}
+	cfg.EnablePprof = o.enablePprof
+	if o.enablePprof && len(cfg.ListenMetricsURLs) == 0 {
+		return cfg, fmt.Errorf("--enable-pprof: needs --listen-metrics-urls (profiles are served there)")
+	}
+	if o.maxConcurrentStreams == 0 {
+		return cfg, fmt.Errorf("--max-concurrent-streams: must be positive")
+	}
+	cfg.MaxConcurrentStreams = o.maxConcurrentStreams
+	if o.maxWatchersPerStream < 0 {
+		return cfg, fmt.Errorf("--max-watchers-per-stream: must not be negative, got %d", o.maxWatchersPerStream)
+	}
+	cfg.MaxWatchersPerStream = o.maxWatchersPerStream
+	if o.writeQueueLength <= 0 {
+		return cfg, fmt.Errorf("--write-queue-length: must be positive, got %d", o.writeQueueLength)
+	}
+	cfg.WriteQueueLength = o.writeQueueLength
+	cfg.QuotaBackendBytes = o.quotaBackendBytes
+	if cfg.QuotaBackendBytes == 0 {
+		cfg.QuotaBackendBytes = server.DefaultQuotaBackendBytes
+	}
 
 	if _, err := parseLogLevel(o.logLevel); err != nil {
 		return cfg, err
@@ -246,16 +342,48 @@ func logHandlerFor(format string, w io.Writer, opts *slog.HandlerOptions) (slog.
 	return nil, fmt.Errorf("--log-format: %q is not one of text, json", format)
 }
 
-// checkClientURL accepts http://host:port.
-func checkClientURL(raw string) error {
+// tlsConfig checks the TLS flags against the client URLs.
+func (o *serveOptions) tlsConfig(cfg *server.Config) error {
+	https := false
+	for _, raw := range cfg.ListenClientURLs {
+		https = https || strings.HasPrefix(raw, "https://")
+	}
+	cfg.CertFile, cfg.KeyFile, cfg.TrustedCAFile, cfg.ClientCertAuth = o.certFile, o.keyFile, o.trustedCAFile, o.clientCertAuth
+	switch {
+	case https && (o.certFile == "" || o.keyFile == ""):
+		return fmt.Errorf("--listen-client-urls: https:// URLs need TLS: set --cert-file and --key-file")
+	case !https && (o.certFile != "" || o.keyFile != "" || o.trustedCAFile != "" || o.clientCertAuth):
+		return fmt.Errorf("--cert-file/--key-file/--trusted-ca-file/--client-cert-auth: TLS applies to https:// client URLs, and none is listed")
+	case (o.certFile == "") != (o.keyFile == ""):
+		return fmt.Errorf("--cert-file and --key-file: set both or neither")
+	case o.clientCertAuth && o.trustedCAFile == "":
+		return fmt.Errorf("--client-cert-auth: needs --trusted-ca-file")
+	}
+	for flag, path := range map[string]string{"--cert-file": o.certFile, "--key-file": o.keyFile, "--trusted-ca-file": o.trustedCAFile} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("%s: %w", flag, err)
+		}
+	}
+	return nil
+}
+
+// checkClientURL accepts http://host:port and https://host:port.
+func checkClientURL(raw string) error { return checkURL(raw, true) }
+
+// checkURL accepts http://host:port, and https://host:port when https.
+func checkURL(raw string, https bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("%q: %w", raw, err)
 	}
-	switch u.Scheme {
-	case "http":
-	case "https":
-		return fmt.Errorf("%q: https needs TLS, which Axon does not support yet", raw)
+	switch {
+	case u.Scheme == "http":
+	case u.Scheme == "https" && https:
+	case https:
+		return fmt.Errorf("%q: scheme must be http or https", raw)
 	default:
 		return fmt.Errorf("%q: scheme must be http", raw)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"math"
 	"reflect"
 	"runtime"
 	"strings"
@@ -51,6 +52,10 @@ func TestServeDefaults(t *testing.T) {
 		MaxTxnOps:                   128,
 		WatchProgressNotifyInterval: 10 * time.Minute,
 		AutoCompactionRetention:     0,
+		MaxConcurrentStreams:        math.MaxUint32,
+		WriteQueueLength:            4096,
+		QuotaBackendBytes:           2 << 30,
+		LeaderLease:                 server.DefaultLeaderLease,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", got, want)
@@ -87,6 +92,10 @@ func TestServeEnvFlagPrecedence(t *testing.T) {
 		MaxTxnOps:                   7,                                                    // env
 		WatchProgressNotifyInterval: time.Minute,                                          // env
 		AutoCompactionRetention:     2 * time.Hour,                                        // env, etcd-style hours
+		MaxConcurrentStreams:        math.MaxUint32,
+		WriteQueueLength:            4096,
+		QuotaBackendBytes:           2 << 30,
+		LeaderLease:                 server.DefaultLeaderLease,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("config:\n got %+v\nwant %+v", got, want)
@@ -211,5 +220,29 @@ func TestVersionCommand(t *testing.T) {
 		if !strings.Contains(out.String(), s) {
 			t.Errorf("version output lacks %q:\n%s", s, out.String())
 		}
+	}
+}
+
+// Badger is single-node: leader/follower settings are refused with a clear
+// message, and the TiKV backend needs its placement driver addresses.
+func TestServeClusterFlags(t *testing.T) {
+	bad := [][]string{
+		{"--backend", "badger", "--pd-endpoints", "127.0.0.1:2379"},
+		{"--backend", "memory", "--advertise-client-urls", "http://127.0.0.1:1"},
+		{"--backend", "tikv"},
+		{"--backend", "tikv", "--pd-endpoints", "pd:2379", "--leader-lease", "0s"},
+	}
+	for _, args := range bad {
+		if _, _, err := parseServe(t, nil, args...); err == nil {
+			t.Errorf("%v: accepted, want an error", args)
+		}
+	}
+	cfg, _, err := parseServe(t, nil, "--backend", "tikv", "--pd-endpoints", "pd1:2379,pd2:2379", "--name", "n1",
+		"--advertise-client-urls", "http://10.0.0.1:2379", "--leader-lease", "5s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Backend != "tikv" || len(cfg.PDEndpoints) != 2 || cfg.NodeID != "n1" || cfg.AdvertiseClientURL != "http://10.0.0.1:2379" || cfg.LeaderLease != 5*time.Second {
+		t.Errorf("tikv config = %+v", cfg)
 	}
 }

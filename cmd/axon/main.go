@@ -41,7 +41,7 @@ func newRootCmd(environ []string, run serveFunc) *cobra.Command {
 		// No-op: only subcommands do something.
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
-	root.AddCommand(newServeCmd(environ, run), newVersionCmd(), newBenchCmd())
+	root.AddCommand(newServeCmd(environ, run), newVersionCmd(), newBenchCmd(), newSnapshotCmd(), newMigrateCmd())
 	return root
 }
 
