@@ -44,9 +44,28 @@ var sharedBackends = map[string]func(t *testing.T) func() backend.Backend{
 }
 
 type node struct {
-	s   *server.Server
-	cli *clientv3.Client
-	url string
+	s    *server.Server
+	cli  *clientv3.Client
+	url  string
+	dead sync.Once
+	gone chan struct{}
+}
+
+// kill stops the node as a crash would.
+func (n *node) kill() {
+	n.dead.Do(func() {
+		n.s.Kill()
+		close(n.gone)
+	})
+}
+
+func (n *node) killed() bool {
+	select {
+	case <-n.gone:
+		return true
+	default:
+		return false
+	}
 }
 
 func startNodes(t *testing.T, open func() backend.Backend, n int) []*node {
@@ -71,7 +90,7 @@ func startNodes(t *testing.T, open func() backend.Backend, n int) []*node {
 		}
 		t.Cleanup(func() { s.Close() })
 		url := s.ClientURLs()[0]
-		nodes = append(nodes, &node{s: s, cli: testenv.NewClient(t, url), url: url})
+		nodes = append(nodes, &node{s: s, cli: testenv.NewClient(t, url), url: url, gone: make(chan struct{})})
 	}
 	return nodes
 }
@@ -166,7 +185,7 @@ func TestFailoverThreeNodes(t *testing.T) {
 			before := len(acks)
 			mu.Unlock()
 			start := time.Now()
-			lead.s.Kill()
+			lead.kill()
 			var survivors []*node
 			for _, n := range nodes {
 				if n != lead {
