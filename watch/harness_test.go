@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -52,9 +53,9 @@ func (f *fakeHistory) Events(from, to int64, withPrev bool, fn func(int64, []*mv
 		time.Sleep(delay)
 	}
 	f.mu.Lock()
-	if from < f.compacted {
+	if c := f.compacted; from < c {
 		f.mu.Unlock()
-		return fmt.Errorf("fake history: revision %d compacted at %d", from, f.compacted)
+		return fmt.Errorf("fake history: revision %d compacted at %d", from, c)
 	}
 	var revs []int64
 	for r := range f.revs {
@@ -123,6 +124,9 @@ func del(k string) op    { return op{del: true, key: k} }
 
 func newWorld(t testing.TB, opts Options) *world {
 	w := &world{kvs: make(map[string]*mvccpb.KeyValue), hist: newFakeHistory(), keep: true}
+	if opts.Logger == nil && !testing.Verbose() {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	w.hub = NewHub(w.hist, opts)
 	w.rev = opts.CurrentRev
 	t.Cleanup(w.hub.Close)

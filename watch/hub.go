@@ -3,12 +3,13 @@
 // (it implements revision.Publisher) and reads older ones back through
 // History; it must not write to storage.
 //
-// A Hub keeps the last Options.RingSize revisions in memory. Watchers live
-// on a Stream (one per gRPC Watch stream). A watcher whose start revision is
-// already dispatched first catches up — from the ring when it still holds
-// the start, else from History — and then joins the live path, where one
-// dispatcher goroutine matches each revision against an index of watched
-// ranges and appends the matching events to each watcher's bounded buffer.
+// A Hub keeps the last Options.RingSize revisions in memory (at most
+// Options.RingBytes of them). Watchers live on a Stream (one per gRPC Watch
+// stream). A watcher whose start revision is already published first
+// catches up — from the ring when it still holds the start, else from
+// History — and then joins the live path, where one dispatcher goroutine
+// matches each revision against an index of watched ranges and appends the
+// matching events to each watcher's bounded buffer.
 // Publish never waits for watchers; a live watcher whose buffer overflows is
 // canceled with a reason and its buffer released.
 //
@@ -39,6 +40,7 @@ type History interface {
 // Defaults for Options.
 const (
 	DefaultRingSize         = 10000
+	DefaultRingBytes        = 128 << 20
 	DefaultMaxPendingEvents = 100000
 	DefaultMaxPendingBytes  = 64 << 20
 	DefaultCatchUpRevisions = 1000
@@ -52,6 +54,9 @@ type Options struct {
 	// drops revisions the dispatcher has handled, so it may briefly hold
 	// more.
 	RingSize int
+	// RingBytes bounds the ring's events by size (key, value and previous
+	// pair bytes, as eventSize counts them), whichever bound is hit first.
+	RingBytes int64
 	// MaxPendingEvents and MaxPendingBytes bound one watcher's buffer of
 	// events not yet taken by its stream. A live watcher over either bound
 	// is canceled; a catching-up watcher simply waits (it reads on when its
@@ -73,6 +78,9 @@ type Options struct {
 func (o Options) withDefaults() Options {
 	if o.RingSize <= 0 {
 		o.RingSize = DefaultRingSize
+	}
+	if o.RingBytes <= 0 {
+		o.RingBytes = DefaultRingBytes
 	}
 	if o.MaxPendingEvents <= 0 {
 		o.MaxPendingEvents = DefaultMaxPendingEvents
@@ -110,6 +118,7 @@ type Metrics struct {
 type entry struct {
 	rev  int64
 	evs  []*mvccpb.Event
+	size int64 // set for ring entries
 	once sync.Once
 	np   []*mvccpb.Event
 }
@@ -152,6 +161,7 @@ type Hub struct {
 	head      int
 	current   int64 // last published revision
 	ringFrom  int64 // every event of revisions >= ringFrom is in the ring
+	ringBytes int64
 	compacted int64
 
 	cur        atomic.Int64 // == current
@@ -223,7 +233,8 @@ func (h *Hub) Dispatched() int64 { return h.dispatched.Load() }
 
 // Publish records a committed revision and wakes the dispatcher. It never
 // waits for watchers. The hub keeps evs; the caller must not modify them
-// afterwards. Revisions must come in order; a repeated one is ignored.
+// afterwards. Revisions must come in order; a repeated one is ignored, and
+// skipped ones are taken to have changed nothing.
 func (h *Hub) Publish(rev int64, evs []*mvccpb.Event) {
 	select {
 	case <-h.done:
@@ -237,11 +248,17 @@ func (h *Hub) Publish(rev int64, evs []*mvccpb.Event) {
 		return
 	}
 	if rev != h.current+1 {
-		h.lg.Error("watch: gap in published revisions", "rev", rev, "current", h.current)
+		// A follower tailing History skips revisions that changed nothing.
+		h.lg.Debug("watch: revisions without events skipped", "from", h.current+1, "to", rev-1)
 	}
 	h.current = rev
 	if len(evs) > 0 {
-		h.ring = append(h.ring, &entry{rev: rev, evs: evs})
+		e := &entry{rev: rev, evs: evs}
+		for _, ev := range evs {
+			e.size += eventSize(ev)
+		}
+		h.ring = append(h.ring, e)
+		h.ringBytes += e.size
 		h.evictLocked()
 	}
 	h.cur.Store(rev)
@@ -265,11 +282,11 @@ func (h *Hub) Compacted(rev int64) {
 	h.wakeSyncer()
 }
 
-// evictLocked drops the oldest revisions beyond RingSize, but never one the
-// dispatcher has not handled yet.
+// evictLocked drops the oldest revisions beyond RingSize or RingBytes, but
+// never one the dispatcher has not handled yet.
 func (h *Hub) evictLocked() {
 	d := h.dispatched.Load()
-	for len(h.ring)-h.head > h.opts.RingSize {
+	for n := len(h.ring) - h.head; n > h.opts.RingSize || (n > 0 && h.ringBytes > h.opts.RingBytes); n-- {
 		e := h.ring[h.head]
 		if e.rev > d {
 			break
@@ -277,6 +294,7 @@ func (h *Hub) evictLocked() {
 		h.ring[h.head] = nil
 		h.head++
 		h.ringFrom = e.rev + 1
+		h.ringBytes -= e.size
 	}
 	if h.head >= 1024 && h.head*2 >= len(h.ring) {
 		n := copy(h.ring, h.ring[h.head:])
@@ -286,14 +304,14 @@ func (h *Hub) evictLocked() {
 	}
 }
 
-// entriesFromLocked returns the ring's entries with rev >= from (at most max
-// of them when max > 0).
-func (h *Hub) entriesFromLocked(from int64, max int) []*entry {
+// entriesFromLocked returns the ring's entries with rev >= from (at most
+// limit of them when limit > 0).
+func (h *Hub) entriesFromLocked(from int64, limit int) []*entry {
 	r := h.ring[h.head:]
 	i := sort.Search(len(r), func(i int) bool { return r[i].rev >= from })
 	r = r[i:]
-	if max > 0 && len(r) > max {
-		r = r[:max]
+	if limit > 0 && len(r) > limit {
+		r = r[:limit]
 	}
 	out := make([]*entry, len(r))
 	copy(out, r)

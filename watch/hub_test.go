@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"runtime"
 	"strings"
@@ -995,4 +996,60 @@ func benchFanout(b *testing.B, numStreams int) {
 	if c := w.hub.Metrics.SlowCancels.Load(); c != 0 {
 		b.Fatalf("%d slow cancels", c)
 	}
+}
+
+// TestRingBytes: the ring also stays under its byte bound; what it dropped
+// is read from History.
+func TestRingBytes(t *testing.T) {
+	w := newWorld(t, Options{RingBytes: 64 << 10})
+	val := strings.Repeat("v", 4<<10)
+	for i := 0; i < 100; i++ {
+		w.write(put("k", val+fmt.Sprint(i)))
+	}
+	w.settle(t)
+	w.hub.ringMu.Lock()
+	held, bytes, from := len(w.hub.ring)-w.hub.head, w.hub.ringBytes, w.hub.ringFrom
+	w.hub.ringMu.Unlock()
+	if bytes > 64<<10 || held > 8 || from < 90 {
+		t.Fatalf("ring holds %d revisions, %d bytes, from %d", held, bytes, from)
+	}
+	st := w.hub.NewStream()
+	defer st.Close()
+	c := collect(t, st)
+	req := WatchRequest{Key: []byte("k"), StartRev: 1, PrevKV: true}
+	waitEvents(t, c, mustWatch(t, st, req), w.expect(req, 0))
+}
+
+// TestPublishGaps: a follower tailing History publishes only revisions that
+// changed something; the skipped ones count as empty.
+func TestPublishGaps(t *testing.T) {
+	hub := NewHub(newFakeHistory(), Options{CurrentRev: 1, Logger: slog.New(slog.DiscardHandler)})
+	defer hub.Close()
+	st := hub.NewStream()
+	defer st.Close()
+	c := collect(t, st)
+	live := mustWatch(t, st, WatchRequest{Key: []byte("k")})
+	ev := func(rev int64) []*mvccpb.Event {
+		return []*mvccpb.Event{{Type: mvccpb.Event_PUT, Kv: &mvccpb.KeyValue{Key: []byte("k"), ModRevision: rev, CreateRevision: 2}}}
+	}
+	hub.Publish(2, ev(2))
+	hub.Publish(5, ev(5))
+	hub.Publish(9, ev(9))
+	from3 := mustWatch(t, st, WatchRequest{Key: []byte("k"), StartRev: 3})
+	revs := func(id int64) (out []int64) {
+		for _, e := range c.events(id) {
+			out = append(out, e.Kv.ModRevision)
+		}
+		return out
+	}
+	waitFor(t, "events", func() bool { return len(revs(live)) == 3 && len(revs(from3)) == 2 })
+	if fmt.Sprint(revs(live), revs(from3)) != "[2 5 9] [5 9]" {
+		t.Fatalf("got %v and %v", revs(live), revs(from3))
+	}
+	waitFor(t, "catch-up", func() bool { return hub.Metrics.CatchingUp.Load() == 0 })
+	st.RequestProgress()
+	waitFor(t, "progress at 9", func() bool {
+		r, ok := c.find(func(r Response) bool { return r.WatchID == InvalidWatchID })
+		return ok && r.Revision == 9
+	})
 }
