@@ -27,7 +27,7 @@ type Options struct {
 	// Address is the client URL other nodes forward writes to.
 	Address string
 	// Lease is how long a leader record stays valid without renewal.
-	Lease time.Duration
+	Lease  time.Duration
 	Logger *slog.Logger
 	// Now is the clock (tests replace it).
 	Now func() time.Time

@@ -267,12 +267,19 @@ func (r Reader) Events(from, to int64, withPrev bool, fn func(rev int64, evs []*
 	if to < from {
 		return nil
 	}
+	_, compacted, err := r.Meta()
+	if err != nil {
+		return err
+	}
 	return r.Snap.Scan(RevisionKey(from), RevisionKey(to+1), backend.ScanOptions{}, func(k, v []byte) error {
 		rec, err := DecodeRecord(v)
 		if err != nil {
 			return err
 		}
-		evs, err := r.RecordEvents(rec, withPrev)
+		// As etcd: the event at the compaction revision has no prev_kv (its
+		// previous revision is compacted), even before physical compaction
+		// removed it. Readers below it are canceled instead.
+		evs, err := r.RecordEvents(rec, withPrev && rec.Revision != compacted)
 		if err != nil {
 			return err
 		}

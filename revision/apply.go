@@ -22,6 +22,10 @@ type write struct {
 	rev     int64 // the revision the changes get
 	changes []*axonpb.Change
 	evs     []*mvccpb.Event
+	// before holds each touched key's state before this revision: events
+	// carry it as prev_kv even when one transaction changes a key twice,
+	// as etcd's watchers read prev_kv at the previous revision.
+	before map[string]*axonpb.KeyValue
 }
 
 func (g *group) begin() *write { return &write{g: g, rev: g.rev + 1} }
@@ -114,6 +118,23 @@ func (g *group) setAttach(id int64, key []byte, on bool) {
 	g.attach[attachRef{id: id, key: string(key)}] = on
 }
 
+// eventPrev records key's state before the revision on first touch and
+// returns it as the etcd prev_kv of an event.
+func (w *write) eventPrev(key []byte, cur *axonpb.KeyValue) *mvccpb.KeyValue {
+	if w.before == nil {
+		w.before = map[string]*axonpb.KeyValue{}
+	}
+	b, seen := w.before[string(key)]
+	if !seen {
+		b = cur
+		w.before[string(key)] = cur
+	}
+	if b == nil {
+		return nil
+	}
+	return mvcc.ToEtcd(key, b)
+}
+
 func (w *write) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	g := w.g
 	prev, err := g.latest(p.Key)
@@ -142,13 +163,13 @@ func (w *write) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	g.batch.Put(mvcc.HistoryKey(key, w.rev), mvcc.EncodeKV(kv))
 	w.changes = append(w.changes, &axonpb.Change{Key: key, Kv: kv})
 	ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: mvcc.ToEtcd(key, kv)}
-	if prev != nil {
-		ev.PrevKv = mvcc.ToEtcd(key, prev)
+	if evPrev := w.eventPrev(key, prev); kv.CreateRevision != kv.ModRevision {
+		ev.PrevKv = evPrev // etcd never sends prev_kv with a create
 	}
 	w.evs = append(w.evs, ev)
 	resp := &pb.PutResponse{Header: &pb.ResponseHeader{Revision: w.rev}}
-	if p.PrevKv {
-		resp.PrevKv = ev.PrevKv
+	if p.PrevKv && prev != nil {
+		resp.PrevKv = mvcc.ToEtcd(key, prev)
 	}
 	return resp, nil
 }
@@ -161,7 +182,7 @@ func (w *write) del(key []byte, prev *axonpb.KeyValue) *mvccpb.KeyValue {
 	g.batch.Put(mvcc.HistoryKey(key, w.rev), mvcc.EncodeKV(&axonpb.KeyValue{ModRevision: w.rev, Deleted: true}))
 	w.changes = append(w.changes, &axonpb.Change{Delete: true, Key: key, Kv: &axonpb.KeyValue{ModRevision: w.rev}})
 	prevKV := mvcc.ToEtcd(key, prev)
-	w.evs = append(w.evs, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: key, ModRevision: w.rev}, PrevKv: prevKV})
+	w.evs = append(w.evs, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: key, ModRevision: w.rev}, PrevKv: w.eventPrev(key, prev)})
 	if prev.Lease != 0 {
 		g.setAttach(prev.Lease, key, false)
 	}

@@ -152,7 +152,9 @@ func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse,
 	}
 	resp, err := doWrite(ctx, k.s,
 		func(w *revision.Sequencer) (*pb.PutResponse, error) { return w.Put(ctx, r) },
-		func(ctx context.Context, c *grpc.ClientConn) (*pb.PutResponse, error) { return pb.NewKVClient(c).Put(ctx, r) })
+		func(ctx context.Context, c *grpc.ClientConn) (*pb.PutResponse, error) {
+			return pb.NewKVClient(c).Put(ctx, r)
+		})
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -194,7 +196,9 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	}
 	resp, err := doWrite(ctx, k.s,
 		func(w *revision.Sequencer) (*pb.TxnResponse, error) { return w.Txn(ctx, r) },
-		func(ctx context.Context, c *grpc.ClientConn) (*pb.TxnResponse, error) { return pb.NewKVClient(c).Txn(ctx, r) })
+		func(ctx context.Context, c *grpc.ClientConn) (*pb.TxnResponse, error) {
+			return pb.NewKVClient(c).Txn(ctx, r)
+		})
 	if err != nil {
 		return nil, toGRPC(err)
 	}

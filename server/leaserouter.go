@@ -29,12 +29,16 @@ func route[T any](ctx context.Context, l *leaseRouter, local func() (T, error), 
 
 func (l *leaseRouter) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	return route(ctx, l, func() (*pb.LeaseGrantResponse, error) { return l.local.LeaseGrant(ctx, r) },
-		func(ctx context.Context, c pb.LeaseClient) (*pb.LeaseGrantResponse, error) { return c.LeaseGrant(ctx, r) })
+		func(ctx context.Context, c pb.LeaseClient) (*pb.LeaseGrantResponse, error) {
+			return c.LeaseGrant(ctx, r)
+		})
 }
 
 func (l *leaseRouter) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 	return route(ctx, l, func() (*pb.LeaseRevokeResponse, error) { return l.local.LeaseRevoke(ctx, r) },
-		func(ctx context.Context, c pb.LeaseClient) (*pb.LeaseRevokeResponse, error) { return c.LeaseRevoke(ctx, r) })
+		func(ctx context.Context, c pb.LeaseClient) (*pb.LeaseRevokeResponse, error) {
+			return c.LeaseRevoke(ctx, r)
+		})
 }
 
 func (l *leaseRouter) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
@@ -46,7 +50,9 @@ func (l *leaseRouter) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLive
 
 func (l *leaseRouter) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	return route(ctx, l, func() (*pb.LeaseLeasesResponse, error) { return l.local.LeaseLeases(ctx, r) },
-		func(ctx context.Context, c pb.LeaseClient) (*pb.LeaseLeasesResponse, error) { return c.LeaseLeases(ctx, r) })
+		func(ctx context.Context, c pb.LeaseClient) (*pb.LeaseLeasesResponse, error) {
+			return c.LeaseLeases(ctx, r)
+		})
 }
 
 // LeaseKeepAlive is served locally while leading; a follower relays the

@@ -121,6 +121,10 @@ type entry struct {
 	size int64 // set for ring entries
 	once sync.Once
 	np   []*mvccpb.Event
+	// prevGone is set once the revision before this one is compacted: like
+	// etcd, events at the compaction revision then carry no prev_kv (which
+	// makes kube-apiserver end such a watch with 410 Gone and relist).
+	prevGone atomic.Bool
 }
 
 // withoutPrev returns the events with PrevKv left out (for watchers that did
@@ -277,6 +281,15 @@ func (h *Hub) Compacted(rev int64) {
 	if rev > h.compacted {
 		h.compacted = rev
 		h.compactRev.Store(rev)
+		// Watchers can start at the compaction revision but not below it.
+		for _, e := range h.ring[h.head:] {
+			if e.rev >= rev {
+				if e.rev == rev {
+					e.prevGone.Store(true)
+				}
+				break
+			}
+		}
 	}
 	h.ringMu.Unlock()
 	h.wakeSyncer()

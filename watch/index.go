@@ -78,7 +78,7 @@ func (g *group) variant(e *entry, v uint8) ([]*mvccpb.Event, int64) {
 		return g.vevs[v], g.vbytes[v]
 	}
 	src := e.evs
-	if v&variantPrev == 0 {
+	if v&variantPrev == 0 || e.prevGone.Load() {
 		src = e.withoutPrev()
 	}
 	var out []*mvccpb.Event

@@ -77,6 +77,10 @@ type chunk struct {
 	rev   int64
 	evs   []*mvccpb.Event
 	bytes int64
+	// hdr is the header revision to send: the event's own revision on the
+	// live path, the hub's current revision for history catch-up (etcd
+	// sends its store revision at sync time there).
+	hdr int64
 }
 
 type watcher struct {
@@ -536,9 +540,13 @@ func (s *Stream) appendEvents(out []Response, w *watcher, upTo int64, nev int) (
 				evs = append(evs, c.evs...)
 			}
 		}
+		hdr := q[0].hdr
+		for _, c := range q[1:n] {
+			hdr = max(hdr, c.hdr)
+		}
 		out = append(out, Response{
 			WatchID:  w.id,
-			Revision: q[n-1].rev,
+			Revision: hdr,
 			Fragment: w.fragment,
 			Events:   evs,
 		})
@@ -615,7 +623,7 @@ func (s *Stream) deliverLive(w *watcher, rev int64, evs []*mvccpb.Event, n int64
 		s.h.Metrics.SlowCancels.Add(1)
 		return false
 	}
-	s.appendLocked(w, rev, evs, n)
+	s.appendLocked(w, rev, evs, n, rev)
 	return true
 }
 
@@ -633,12 +641,12 @@ func (s *Stream) deliverCatchUp(w *watcher, rev int64, evs []*mvccpb.Event, n in
 		w.blocked.Store(true)
 		return false
 	}
-	s.appendLocked(w, rev, evs, n)
+	s.appendLocked(w, rev, evs, n, max(rev, s.h.cur.Load()))
 	return true
 }
 
-func (s *Stream) appendLocked(w *watcher, rev int64, evs []*mvccpb.Event, n int64) {
-	w.queue = append(w.queue, chunk{rev: rev, evs: evs, bytes: n})
+func (s *Stream) appendLocked(w *watcher, rev int64, evs []*mvccpb.Event, n, hdr int64) {
+	w.queue = append(w.queue, chunk{rev: rev, evs: evs, bytes: n, hdr: hdr})
 	w.qEvents += len(evs)
 	w.qBytes += n
 	s.readyLocked(w)
