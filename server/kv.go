@@ -25,8 +25,17 @@ type kvService struct {
 // compares the size with --max-request-bytes.
 const raftOverhead = 16
 
+// memoryMaxRequest bounds requests on the memory backend: Badger's
+// in-memory mode cannot hold a value of 1 MiB or more, and a request's
+// changes are stored together as one revision record.
+const memoryMaxRequest = 1<<20 - 4<<10
+
 func (k *kvService) tooLarge(m proto.Message) error {
-	if proto.Size(m)+raftOverhead > k.s.cfg.MaxRequestBytes {
+	limit := k.s.cfg.MaxRequestBytes
+	if k.s.cfg.Backend == "memory" && k.s.cfg.SharedBackend == nil {
+		limit = min(limit, memoryMaxRequest)
+	}
+	if proto.Size(m)+raftOverhead > limit {
 		return rpctypes.ErrGRPCRequestTooLarge
 	}
 	return nil
