@@ -159,6 +159,9 @@ func (s *Server) hasLeader() bool {
 	if s.writer() != nil {
 		return true
 	}
+	if s.elector == nil {
+		return false
+	}
 	rec, ok := s.elector.Leader()
 	return rec != nil && ok
 }

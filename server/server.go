@@ -215,6 +215,15 @@ func (s *Server) Start() error {
 		s.listeners = append(s.listeners, l)
 		s.urls = append(s.urls, scheme+"://"+l.Addr().String())
 	}
+	if s.multiNode() {
+		// Created before anything that asks whether a leader is known.
+		addr := s.cfg.AdvertiseClientURL
+		if addr == "" && len(s.urls) > 0 {
+			addr = s.urls[0]
+		}
+		s.elector = leader.New(s.be, leader.Options{ID: s.cfg.NodeID, Address: addr, Lease: s.cfg.LeaderLease, Logger: s.cfg.Logger},
+			leader.Callbacks{Elected: s.becomeLeader, Deposed: s.becomeFollower})
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
 	if err := s.startOps(ctx); err != nil {
@@ -225,16 +234,10 @@ func (s *Server) Start() error {
 		s.background.Add(1)
 		go func() { defer s.background.Done(); s.autoCompact(ctx, s.cfg.AutoCompactionRetention) }()
 	}
-	if s.multiNode() {
-		addr := s.cfg.AdvertiseClientURL
-		if addr == "" && len(s.urls) > 0 {
-			addr = s.urls[0]
-		}
+	if s.elector != nil {
 		s.roleMu.Lock()
 		s.startTail()
 		s.roleMu.Unlock()
-		s.elector = leader.New(s.be, leader.Options{ID: s.cfg.NodeID, Address: addr, Lease: s.cfg.LeaderLease, Logger: s.cfg.Logger},
-			leader.Callbacks{Elected: s.becomeLeader, Deposed: s.becomeFollower})
 		s.background.Add(1)
 		go func() { defer s.background.Done(); s.elector.Run(ctx) }()
 	}
