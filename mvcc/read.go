@@ -74,6 +74,17 @@ type LatestSource struct{ Snap backend.Snapshot }
 
 // Scan implements Source.
 func (s LatestSource) Scan(start, end []byte, _ int64, fn func(key, val []byte) error) error {
+	if len(end) == 0 {
+		// One key: a point read, no iterator.
+		v, err := s.Snap.Get(LatestKey(start))
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return fn(start, v)
+	}
 	lo, hi := LatestRange(start, end)
 	return s.Snap.Scan(lo, hi, backend.ScanOptions{}, func(k, v []byte) error {
 		return fn(UserKeyFromLatest(k), v)
@@ -86,6 +97,26 @@ type HistorySource struct{ Snap backend.Snapshot }
 
 // Scan implements Source.
 func (s HistorySource) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
+	if len(end) == 0 {
+		// One key: its newest version at or below rev, read backwards.
+		var (
+			val   []byte
+			found bool
+		)
+		err := s.Snap.Scan(HistoryPrefix(start), HistoryKey(start, rev+1), backend.ScanOptions{Limit: 1, Reverse: true},
+			func(_, v []byte) error {
+				val, found = append([]byte(nil), v...), true
+				return nil
+			})
+		if err != nil || !found {
+			return err
+		}
+		kv, err := DecodeKV(val)
+		if err != nil || kv.Deleted {
+			return err
+		}
+		return fn(start, val)
+	}
 	lo, hi := HistoryRange(start, end)
 	var (
 		curPrefix []byte // history key without the revision: identifies the user key
