@@ -40,7 +40,7 @@ type History interface {
 // Defaults for Options.
 const (
 	DefaultRingSize         = 10000
-	DefaultRingBytes        = 128 << 20
+	DefaultRingBytes        = 32 << 20 // older starts are served from the stored history
 	DefaultMaxPendingEvents = 100000
 	DefaultMaxPendingBytes  = 64 << 20
 	DefaultCatchUpRevisions = 1000
