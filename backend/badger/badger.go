@@ -174,7 +174,6 @@ func Open(opts Options) (*DB, error) {
 		return nil, fmt.Errorf("badger: open %q: %w", opts.Dir, err)
 	}
 	d := &DB{db: db, dir: opts.Dir, inMemory: opts.InMemory, log: logger}
-	d.gate.init()
 	// Every commit is stored at its timestamp (in the WAL, memtables and
 	// tables alike, and value-log GC rewrites keep versions), so the newest
 	// stored version is the newest acknowledged commit or a later one that
@@ -195,10 +194,10 @@ func Open(opts Options) (*DB, error) {
 // timestamp, which covers every Commit that has returned, and never waits
 // for commits in flight.
 func (d *DB) Snapshot() (backend.Snapshot, error) {
-	if !d.gate.enter() {
+	if !d.gate.Enter() {
 		return nil, backend.ErrClosed
 	}
-	defer d.gate.exit()
+	defer d.gate.Exit()
 	ts := d.pins.pin(&d.published)
 	return &snapshot{d: d, ts: ts, txn: d.db.NewTransactionAt(ts, false)}, nil
 }
@@ -207,10 +206,10 @@ func (d *DB) Snapshot() (backend.Snapshot, error) {
 // transaction limit fails with an error wrapping badger.ErrTxnTooBig and
 // writes nothing; callers are expected to keep batches small.
 func (d *DB) Commit(b *backend.Batch) error {
-	if !d.gate.enter() {
+	if !d.gate.Enter() {
 		return backend.ErrClosed
 	}
-	defer d.gate.exit()
+	defer d.gate.Exit()
 	if len(b.Conditions) > 0 {
 		d.commitMu.Lock()
 		defer d.commitMu.Unlock()
@@ -310,10 +309,10 @@ func holds(txn *badgerdb.Txn, c backend.Condition) (bool, error) {
 // WAL occupy on disk (for InMemory, the flushed tables only). It may lag
 // writes by up to a second.
 func (d *DB) Size() int64 {
-	if !d.gate.enter() {
+	if !d.gate.Enter() {
 		return 0
 	}
-	defer d.gate.exit()
+	defer d.gate.Exit()
 	d.sizeMu.Lock()
 	defer d.sizeMu.Unlock()
 	if now := time.Now(); now.Sub(d.sizeAt) >= sizeTTL {
@@ -367,7 +366,7 @@ func allocated(fi os.FileInfo) int64 {
 // Close implements backend.Backend. It waits for calls in progress, then
 // closes Badger. Snapshots still open stop working; closing them is safe.
 func (d *DB) Close() error {
-	if !d.gate.shut() {
+	if !d.gate.Shut(nil) {
 		return backend.ErrClosed
 	}
 	close(d.stop)
@@ -446,10 +445,10 @@ type snapshot struct {
 
 // Get implements backend.Snapshot.
 func (s *snapshot) Get(key []byte) ([]byte, error) {
-	if s.closed.Load() || !s.d.gate.enter() {
+	if s.closed.Load() || !s.d.gate.Enter() {
 		return nil, backend.ErrClosed
 	}
-	defer s.d.gate.exit()
+	defer s.d.gate.Exit()
 	item, err := s.txn.Get(key)
 	if errors.Is(err, badgerdb.ErrKeyNotFound) {
 		return nil, backend.ErrNotFound
@@ -466,10 +465,10 @@ func (s *snapshot) Get(key []byte) ([]byte, error) {
 
 // Scan implements backend.Snapshot.
 func (s *snapshot) Scan(start, end []byte, opts backend.ScanOptions, fn func(key, value []byte) error) error {
-	if s.closed.Load() || !s.d.gate.enter() {
+	if s.closed.Load() || !s.d.gate.Enter() {
 		return backend.ErrClosed
 	}
-	defer s.d.gate.exit()
+	defer s.d.gate.Exit()
 	if end != nil && bytes.Compare(start, end) >= 0 {
 		return nil
 	}
@@ -646,46 +645,8 @@ func (p *pins) oldest(w *watermark) uint64 {
 	return ts
 }
 
-// gate lets calls run concurrently until Close, which must not pull Badger
-// out from under them: a read racing a close would touch unmapped tables.
-// Unlike an RWMutex it never blocks a call that re-enters the DB (a Scan
-// callback that commits) while Close waits; that call gets ErrClosed.
-type gate struct {
-	active  atomic.Int64
-	closing atomic.Bool
-	once    sync.Once
-	drained chan struct{}
-}
-
-func (g *gate) init() { g.drained = make(chan struct{}) }
-
-func (g *gate) enter() bool {
-	g.active.Add(1)
-	if g.closing.Load() {
-		g.exit()
-		return false
-	}
-	return true
-}
-
-func (g *gate) exit() {
-	if g.active.Add(-1) == 0 && g.closing.Load() {
-		g.once.Do(func() { close(g.drained) })
-	}
-}
-
-// shut refuses new calls and waits for those in progress. It reports false
-// if the gate was already shut.
-func (g *gate) shut() bool {
-	if !g.closing.CompareAndSwap(false, true) {
-		return false
-	}
-	if g.active.Load() == 0 {
-		g.once.Do(func() { close(g.drained) })
-	}
-	<-g.drained
-	return true
-}
+// gate is the engine's close gate.
+type gate = backend.CloseGate
 
 // slogAdapter routes Badger's logger to slog. Badger logs every flush and
 // compaction at info, which is noise for an operator, so info and debug

@@ -68,10 +68,10 @@ import (
 // retries run out the error wraps ErrWriteConflict. An error wrapping
 // ErrUndetermined means the outcome is unknown and is never retried.
 func (d *DB) Commit(b *backend.Batch) error {
-	if !d.gate.enter() {
+	if !d.gate.Enter() {
 		return backend.ErrClosed
 	}
-	defer d.gate.exit()
+	defer d.gate.Exit()
 	if len(b.Ops) == 0 && len(b.Conditions) == 0 {
 		return nil
 	}

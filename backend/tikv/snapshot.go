@@ -21,10 +21,10 @@ import (
 // but it can only be read while TiKV still keeps the versions it needs, that
 // is until the cluster's GC safe point passes its timestamp.
 func (d *DB) Snapshot() (backend.Snapshot, error) {
-	if !d.gate.enter() {
+	if !d.gate.Enter() {
 		return nil, backend.ErrClosed
 	}
-	defer d.gate.exit()
+	defer d.gate.Exit()
 	ts, err := d.client.GetTimestamp(d.ctx)
 	if err != nil {
 		return nil, d.closedOr(fmt.Errorf("tikv: snapshot timestamp: %w", err))
@@ -57,10 +57,10 @@ func (s *snapshot) view() *txnsnapshot.KVSnapshot {
 
 // Get implements backend.Snapshot.
 func (s *snapshot) Get(key []byte) ([]byte, error) {
-	if s.closed.Load() || !s.d.gate.enter() {
+	if s.closed.Load() || !s.d.gate.Enter() {
 		return nil, backend.ErrClosed
 	}
-	defer s.d.gate.exit()
+	defer s.d.gate.Exit()
 	e, err := s.view().Get(s.d.ctx, s.d.key(key))
 	if tikverr.IsErrNotFound(err) {
 		return nil, backend.ErrNotFound
@@ -79,10 +79,10 @@ func (s *snapshot) Get(key []byte) ([]byte, error) {
 // to 256 (fewer when Limit is smaller), one round trip per batch and per
 // region crossed.
 func (s *snapshot) Scan(start, end []byte, opts backend.ScanOptions, fn func(key, value []byte) error) error {
-	if s.closed.Load() || !s.d.gate.enter() {
+	if s.closed.Load() || !s.d.gate.Enter() {
 		return backend.ErrClosed
 	}
-	defer s.d.gate.exit()
+	defer s.d.gate.Exit()
 	if end != nil && bytes.Compare(start, end) >= 0 {
 		return nil
 	}

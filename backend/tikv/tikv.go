@@ -19,8 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
-	"sync/atomic"
 
 	"github.com/tikv/client-go/v2/txnkv"
 
@@ -174,7 +172,6 @@ func newDB(c *txnkv.Client, opts Options) (*DB, error) {
 		async:     !opts.DisableAsyncCommit,
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.gate.init()
 	d.pdSize.Store(-1)
 	d.sizeDone = make(chan struct{})
 	if len(opts.PDEndpoints) > 0 {
@@ -196,7 +193,7 @@ func (d *DB) Prefix() []byte { return bytes.Clone(d.prefix) }
 // waits for them to return, and closes the client if Open made it.
 // Snapshots still open stop working; closing them is safe.
 func (d *DB) Close() error {
-	if !d.gate.shut(d.cancel) {
+	if !d.gate.Shut(d.cancel) {
 		return backend.ErrClosed
 	}
 	<-d.sizeDone
@@ -232,44 +229,5 @@ func decodeValue(key, stored []byte) ([]byte, error) {
 	return stored[1:], nil
 }
 
-// gate lets calls run concurrently until Close, which must not pull the
-// client out from under them. Unlike an RWMutex it never blocks a call that
-// re-enters the DB (a Scan callback that commits) while Close waits; that
-// call gets ErrClosed.
-type gate struct {
-	active  atomic.Int64
-	closing atomic.Bool
-	once    sync.Once
-	drained chan struct{}
-}
-
-func (g *gate) init() { g.drained = make(chan struct{}) }
-
-func (g *gate) enter() bool {
-	g.active.Add(1)
-	if g.closing.Load() {
-		g.exit()
-		return false
-	}
-	return true
-}
-
-func (g *gate) exit() {
-	if g.active.Add(-1) == 0 && g.closing.Load() {
-		g.once.Do(func() { close(g.drained) })
-	}
-}
-
-// shut refuses new calls, runs cancel, and waits for calls in progress. It
-// reports false if the gate was already shut.
-func (g *gate) shut(cancel func()) bool {
-	if !g.closing.CompareAndSwap(false, true) {
-		return false
-	}
-	cancel()
-	if g.active.Load() == 0 {
-		g.once.Do(func() { close(g.drained) })
-	}
-	<-g.drained
-	return true
-}
+// gate is the engine's close gate.
+type gate = backend.CloseGate
