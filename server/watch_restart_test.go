@@ -11,13 +11,9 @@ package server_test
 // the next write gets the next revision and reaches the replaying watcher.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -30,7 +26,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/axon-kv/axon/internal/testenv"
 )
@@ -45,13 +40,13 @@ func TestWatchReplayAfterKill9(t *testing.T) {
 		killAfter = 120 // acknowledged burst puts before the kill
 	)
 	start := time.Now()
-	bin := wrBuildAxon(t)
+	bin := testenv.BuildAxon(t)
 	t.Logf("built axon in %v", time.Since(start).Round(time.Millisecond))
 	dataDir := filepath.Join(t.TempDir(), "data")
 
 	etcd := testenv.StartEtcd(t)
-	p := wrStartAxon(t, bin, dataDir)
-	cli := p.waitReady(t)
+	p := testenv.StartAxonProcess(t, bin, dataDir)
+	cli := p.WaitReady(t)
 	ref := &diffTarget{name: "etcd", cli: etcd}
 	cand := &diffTarget{name: "axon", cli: cli}
 
@@ -90,7 +85,7 @@ func TestWatchReplayAfterKill9(t *testing.T) {
 	kill := func() {
 		killOnce.Do(func() {
 			close(killed)
-			if err := p.cmd.Process.Kill(); err != nil {
+			if err := p.Cmd.Process.Kill(); err != nil {
 				t.Errorf("kill -9: %v", err)
 			}
 		})
@@ -127,13 +122,13 @@ func TestWatchReplayAfterKill9(t *testing.T) {
 	}
 	wg.Wait()
 	kill() // in case every put failed
-	p.waitExit(t, 10*time.Second)
+	p.WaitExit(t, 10*time.Second)
 	cli.Close()
 	t.Logf("killed with %d burst puts acknowledged", len(acks))
 
 	// Restart on the same data dir.
-	p2 := wrStartAxon(t, bin, dataDir)
-	cli2 := p2.waitReady(t)
+	p2 := testenv.StartAxonProcess(t, bin, dataDir)
+	cli2 := p2.WaitReady(t)
 	defer cli2.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -361,141 +356,4 @@ func wrNorm(evs []*mvccpb.Event, withPrev bool) []wdEvent {
 		out = append(out, e)
 	}
 	return out
-}
-
-// ---------------------------------------------------------------------------
-// The axon process (as in cmd/axon/crash_test.go).
-
-// wrBuildAxon builds the axon binary into a fresh temporary directory.
-func wrBuildAxon(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "axon")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/axon-kv/axon/cmd/axon").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-type wrProc struct {
-	cmd     *exec.Cmd
-	url     string
-	out     *wrBuffer
-	done    chan struct{}
-	waitErr error
-}
-
-// wrStartAxon starts `axon serve` (Badger) on dataDir and a free loopback
-// port; it is killed at the end of the test, and its output logged if the
-// test failed.
-func wrStartAxon(t *testing.T, bin, dataDir string) *wrProc {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + l.Addr().String()
-	l.Close()
-	p := &wrProc{url: url, out: &wrBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--backend", "badger", "--data-dir", dataDir, "--listen-client-urls", url, "--log-level", "info")
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AXON_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start axon: %v", err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("axon serve on %s output:\n%s", url, p.out.String())
-		}
-	})
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-func (p *wrProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// waitReady waits until a Get succeeds and returns a client.
-func (p *wrProc) waitReady(t *testing.T) *clientv3.Client {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	host := strings.TrimPrefix(p.url, "http://")
-	for {
-		if p.exited() {
-			t.Fatalf("axon exited before listening: %v", p.waitErr)
-		}
-		c, err := net.DialTimeout("tcp", host, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("axon not listening on %s: %v", host, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := cli.Get(ctx, "wr-readiness-probe")
-		cancel()
-		if err == nil {
-			return cli
-		}
-		if p.exited() || time.Now().After(deadline) {
-			cli.Close()
-			t.Fatalf("axon on %s not serving: %v (exited: %v)", p.url, err, p.exited())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *wrProc) waitExit(t *testing.T, d time.Duration) {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("axon still running %v after the signal", d)
-	}
-}
-
-type wrBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *wrBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *wrBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

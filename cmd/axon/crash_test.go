@@ -1,13 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,15 +13,15 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/axon-kv/axon/internal/testenv"
 )
 
 // These tests run the real axon binary as a subprocess against a data dir
 // and check what survives a kill -9 and a graceful stop.
 
-const (
-	readyTimeout = 30 * time.Second // process start until a Get succeeds
-	exitTimeout  = 10 * time.Second // SIGTERM (or SIGKILL) until the process is gone
-)
+// exitTimeout bounds SIGTERM (or SIGKILL) until the process is gone.
+const exitTimeout = 10 * time.Second
 
 // TestCrashRecovery kills axon with SIGKILL while concurrent clients are
 // writing, restarts it on the same data dir, and checks that every
@@ -41,11 +36,11 @@ func TestCrashRecovery(t *testing.T) {
 		writers = 8
 		prefix  = "crash/"
 	)
-	bin := buildAxon(t)
+	bin := testenv.BuildAxon(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 
-	p := startAxon(t, bin, dataDir)
-	cli := p.waitReady(t)
+	p := testenv.StartAxonProcess(t, bin, dataDir)
+	cli := p.WaitReady(t)
 
 	type ack struct {
 		key, val string
@@ -65,7 +60,7 @@ func TestCrashRecovery(t *testing.T) {
 		killOnce.Do(func() {
 			ackedAtKill = ackedN.Load()
 			close(killed) // before the signal: any error seen later may be the kill's
-			if err := p.cmd.Process.Kill(); err != nil {
+			if err := p.Cmd.Process.Kill(); err != nil {
 				t.Errorf("kill -9: %v", err)
 			}
 		})
@@ -119,7 +114,7 @@ func TestCrashRecovery(t *testing.T) {
 	if n := ackedN.Load(); n >= total {
 		t.Fatalf("all %d writes were acknowledged: the kill did not land mid-flight", n)
 	}
-	p.waitExit(t, exitTimeout)
+	p.WaitExit(t, exitTimeout)
 	cli.Close()
 	t.Logf("killed after %d acknowledged writes (%d in all acknowledged, %v)", ackedAtKill, ackedN.Load(), time.Since(start).Round(time.Millisecond))
 
@@ -139,8 +134,8 @@ func TestCrashRecovery(t *testing.T) {
 	}
 
 	// Restart on the same data dir.
-	p2 := startAxon(t, bin, dataDir)
-	cli2 := p2.waitReady(t)
+	p2 := testenv.StartAxonProcess(t, bin, dataDir)
+	cli2 := p2.WaitReady(t)
 	defer cli2.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -236,11 +231,11 @@ func TestGracefulShutdown(t *testing.T) {
 		n      = 100
 		prefix = "graceful/"
 	)
-	bin := buildAxon(t)
+	bin := testenv.BuildAxon(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 
-	p := startAxon(t, bin, dataDir)
-	cli := p.waitReady(t)
+	p := testenv.StartAxonProcess(t, bin, dataDir)
+	cli := p.WaitReady(t)
 	defer cli.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -269,20 +264,20 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Logf("watch not established within 5s; checking shutdown without an open watch")
 	}
 
-	if !strings.Contains(p.out.String(), "ready to serve client requests") {
+	if !strings.Contains(p.Output(), "ready to serve client requests") {
 		t.Errorf(`log lacks "ready to serve client requests"`)
 	}
 	stopped := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
-	if err := p.waitExit(t, exitTimeout); err != nil {
+	if err := p.WaitExit(t, exitTimeout); err != nil {
 		t.Fatalf("after SIGTERM axon exited with %v, want status 0", err)
 	}
 	t.Logf("exited %v after SIGTERM", time.Since(stopped).Round(time.Millisecond))
 
-	p2 := startAxon(t, bin, dataDir)
-	cli2 := p2.waitReady(t)
+	p2 := testenv.StartAxonProcess(t, bin, dataDir)
+	cli2 := p2.WaitReady(t)
 	defer cli2.Close()
 	resp, err := cli2.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
@@ -310,167 +305,10 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Errorf("put after restart got revision %d, want %d", put.Header.Revision, resp.Header.Revision+1)
 	}
 
-	if err := p2.cmd.Process.Signal(syscall.SIGINT); err != nil {
+	if err := p2.Cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatalf("SIGINT: %v", err)
 	}
-	if err := p2.waitExit(t, exitTimeout); err != nil {
+	if err := p2.WaitExit(t, exitTimeout); err != nil {
 		t.Fatalf("after SIGINT axon exited with %v, want status 0", err)
 	}
-}
-
-// buildAxon builds this package's binary into a fresh temporary directory.
-func buildAxon(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "axon")
-	// go test puts its own go first on PATH.
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// axonProc is one running axon subprocess.
-type axonProc struct {
-	cmd     *exec.Cmd
-	url     string
-	out     *syncBuffer
-	done    chan struct{} // closed when the process has exited
-	waitErr error         // valid once done is closed
-}
-
-// startAxon starts `axon serve` on dataDir and a free loopback port. The
-// process is killed at the end of the test if still running, and its output
-// is logged if the test failed.
-func startAxon(t *testing.T, bin, dataDir string) *axonProc {
-	t.Helper()
-	url := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	p := &axonProc{url: url, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--listen-client-urls", url, "--log-level", "info")
-	// The developer's AXON_* settings must not leak into the test.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envPrefix) {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start axon: %v", err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("axon serve on %s output:\n%s", url, p.out.String())
-		}
-	})
-	t.Cleanup(func() { // runs before the log above
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-// waitReady waits until the port accepts connections and a Get succeeds,
-// and returns a client connected to the process.
-func (p *axonProc) waitReady(t *testing.T) *clientv3.Client {
-	t.Helper()
-	deadline := time.Now().Add(readyTimeout)
-	host := strings.TrimPrefix(p.url, "http://")
-	// Wait for the listener first: gRPC backs off for seconds after a
-	// refused connection.
-	for {
-		if p.exited() {
-			t.Fatalf("axon exited before listening: %v", p.waitErr)
-		}
-		c, err := net.DialTimeout("tcp", host, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("axon not listening on %s after %v: %v", host, readyTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{p.url}})
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
-	for {
-		if p.exited() {
-			cli.Close()
-			t.Fatalf("axon exited before serving: %v", p.waitErr)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := cli.Get(ctx, "axon-test-readiness-probe")
-		cancel()
-		if err == nil {
-			return cli
-		}
-		if time.Now().After(deadline) {
-			cli.Close()
-			t.Fatalf("axon on %s not serving Get after %v: %v", p.url, readyTimeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *axonProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// waitExit waits for the process to exit and returns its Wait error (nil for
-// status 0). It fails the test if the process is still running after d.
-func (p *axonProc) waitExit(t *testing.T, d time.Duration) error {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.waitErr
-	case <-time.After(d):
-		t.Fatalf("axon still running %v after the signal", d)
-		return errors.New("unreachable")
-	}
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent Write and String.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
