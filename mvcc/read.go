@@ -164,17 +164,11 @@ func (s HistorySource) Scan(start, end []byte, rev int64, fn func(key, val []byt
 // of keys in the range at the revision (before min/max filters), more is set
 // when limit cut the result, and the header revision is current.
 func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.RangeResponse, error) {
-	rev := r.Revision
-	if rev > current {
-		return nil, ErrFutureRev
+	rev, err := ReadRevision(r.Revision, current, compacted)
+	if err != nil {
+		return nil, err
 	}
-	if rev <= 0 {
-		rev = current
-	}
-	if rev < compacted {
-		return nil, ErrCompacted
-	}
-	filtered := r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
+	filtered := HasRevisionFilters(r)
 	// etcd applies the limit before sorting when the order is NONE, even
 	// with a non-key sort target: it then sorts only the first limit+1 keys.
 	defaultOrder := r.SortOrder == pb.RangeRequest_NONE ||
@@ -195,7 +189,7 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 	}
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: current}}
 	var count int64
-	err := src.Scan(r.Key, r.RangeEnd, rev, func(key, val []byte) error {
+	err = src.Scan(r.Key, r.RangeEnd, rev, func(key, val []byte) error {
 		count++
 		if want >= 0 && len(resp.Kvs) >= want {
 			return nil
@@ -230,6 +224,26 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 		resp.More = true
 	}
 	return resp, nil
+}
+
+// ReadRevision is the revision a Range with requested revision rev reads
+// at (0 or less: current), or etcd's future/compacted error.
+func ReadRevision(rev, current, compacted int64) (int64, error) {
+	if rev > current {
+		return 0, ErrFutureRev
+	}
+	if rev <= 0 {
+		rev = current
+	}
+	if rev < compacted {
+		return 0, ErrCompacted
+	}
+	return rev, nil
+}
+
+// HasRevisionFilters reports whether r prunes by create or mod revision.
+func HasRevisionFilters(r *pb.RangeRequest) bool {
+	return r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
 }
 
 func pruneKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {

@@ -13,8 +13,6 @@ import (
 	"github.com/axon-kv/axon/proto/axonpb"
 )
 
-func sortStrings(s []string) { sort.Strings(s) }
-
 // write is one request's changes: they all share the next main revision,
 // which is consumed only if something changed.
 type write struct {

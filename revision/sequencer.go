@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -496,7 +497,7 @@ func (g *group) scanLatest(start, end []byte, fn func(key, val []byte) error) er
 			pending = append(pending, k)
 		}
 	}
-	sortStrings(pending)
+	sort.Strings(pending)
 	i := 0
 	emitPendingBelow := func(key []byte, inclusive bool) error {
 		for i < len(pending) && (pending[i] < string(key) || (inclusive && pending[i] == string(key))) {

@@ -87,7 +87,7 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 		(r.SortOrder == pb.RangeRequest_NONE && r.SortTarget != pb.RangeRequest_KEY) {
 		return status.Error(codes.Unimplemented, "RangeStream does not support custom sort orders")
 	}
-	if r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0 {
+	if mvcc.HasRevisionFilters(r) {
 		return status.Error(codes.Unimplemented, "RangeStream does not support revision filters")
 	}
 	snap, cur, comp, err := k.view()
@@ -103,15 +103,9 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 		k.s.fill(resp.Header)
 		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: resp.Header, Count: resp.Count}})
 	}
-	rev := r.Revision
-	switch {
-	case rev > cur:
-		return mvcc.ErrFutureRev
-	case rev <= 0:
-		rev = cur
-	}
-	if rev < comp {
-		return mvcc.ErrCompacted
+	rev, err := mvcc.ReadRevision(r.Revision, cur, comp)
+	if err != nil {
+		return err
 	}
 	var (
 		chunk   []*mvccpb.KeyValue
