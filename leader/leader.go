@@ -147,28 +147,37 @@ func (e *Elector) Term() int64 {
 	return e.term
 }
 
-func (e *Elector) read() (*axonpb.LeaderRecord, []byte, error) {
+// read returns the leader record (nil when none), its encoding, and the
+// stored term, all from one snapshot.
+func (e *Elector) read() (*axonpb.LeaderRecord, []byte, int64, error) {
 	snap, err := e.be.Snapshot()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	defer snap.Close()
+	var term int64
+	switch t, err := snap.Get(mvcc.MetaLeaderTerm); {
+	case err == nil:
+		term = mvcc.DecodeRev(t)
+	case !errors.Is(err, backend.ErrNotFound):
+		return nil, nil, 0, err
+	}
 	b, err := snap.Get(mvcc.MetaLeader)
 	if errors.Is(err, backend.ErrNotFound) {
-		return nil, nil, nil
+		return nil, nil, term, nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	rec := &axonpb.LeaderRecord{}
 	if err := proto.Unmarshal(b, rec); err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	return rec, b, nil
+	return rec, b, term, nil
 }
 
 func (e *Elector) step(ctx context.Context) {
-	rec, raw, err := e.read()
+	rec, raw, storedTerm, err := e.read()
 	if err != nil {
 		e.opts.Logger.Warn("reading leader record failed", "err", err)
 		e.expireIfLate()
@@ -191,7 +200,7 @@ func (e *Elector) step(ctx context.Context) {
 	if rec != nil && now.UnixNano() < rec.ExpiresUnixNano {
 		return // someone else leads
 	}
-	e.campaign(ctx, rec, raw, now)
+	e.campaign(ctx, rec, raw, storedTerm, now)
 }
 
 func (e *Elector) record(term int64, now time.Time) (*axonpb.LeaderRecord, []byte) {
@@ -235,15 +244,15 @@ func (e *Elector) expireIfLate() {
 	}
 }
 
-func (e *Elector) campaign(ctx context.Context, cur *axonpb.LeaderRecord, raw []byte, now time.Time) {
+func (e *Elector) campaign(ctx context.Context, cur *axonpb.LeaderRecord, raw []byte, storedTerm int64, now time.Time) {
 	term := int64(1)
 	if cur != nil {
 		term = cur.Term + 1
 	}
 	// The term key may be ahead of the record if a previous campaign's
 	// record was lost; never reuse a term.
-	if t := e.storedTerm(); t >= term {
-		term = t + 1
+	if storedTerm >= term {
+		term = storedTerm + 1
 	}
 	rec, b := e.record(term, now)
 	batch := &backend.Batch{Conditions: []backend.Condition{{Key: mvcc.MetaLeader, Value: raw}}}
@@ -266,19 +275,6 @@ func (e *Elector) campaign(ctx context.Context, cur *axonpb.LeaderRecord, raw []
 			e.release()
 		}
 	}
-}
-
-func (e *Elector) storedTerm() int64 {
-	snap, err := e.be.Snapshot()
-	if err != nil {
-		return 0
-	}
-	defer snap.Close()
-	b, err := snap.Get(mvcc.MetaLeaderTerm)
-	if err != nil {
-		return 0
-	}
-	return mvcc.DecodeRev(b)
 }
 
 func (e *Elector) depose(why string) {

@@ -111,7 +111,7 @@ func TestFencingReleaseOnShutdown(t *testing.T) {
 	waitFor(t, "a elected", a.IsLeader)
 	stopA()
 	<-done
-	rec, _, err := a.read()
+	rec, _, _, err := a.read()
 	if err != nil || rec == nil || rec.ExpiresUnixNano != 0 {
 		t.Fatalf("after shutdown the leader record is %v (err %v), want it released (expiry 0)", rec, err)
 	}
