@@ -102,7 +102,7 @@ func (e *Elector) Run(ctx context.Context) {
 func (e *Elector) Fence() []backend.Condition {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return []backend.Condition{{Key: mvcc.MetaLeaderTerm, Value: mvcc.EncodeRev(e.term)}}
+	return mvcc.TermFence(e.term)
 }
 
 // Crash makes Run return without releasing the lease, as a killed process
@@ -218,9 +218,7 @@ func (e *Elector) margin() time.Duration { return e.opts.Lease / 4 }
 
 func (e *Elector) renew(cur *axonpb.LeaderRecord, raw []byte, now time.Time) {
 	rec, b := e.record(cur.Term, now)
-	batch := &backend.Batch{Conditions: []backend.Condition{{Key: mvcc.MetaLeader, Value: raw}}}
-	batch.Put(mvcc.MetaLeader, b)
-	err := e.be.Commit(batch)
+	err := mvcc.SwapLeader(e.be, raw, b, 0)
 	switch {
 	case err == nil:
 		e.mu.Lock()
@@ -255,10 +253,7 @@ func (e *Elector) campaign(ctx context.Context, cur *axonpb.LeaderRecord, raw []
 		term = storedTerm + 1
 	}
 	rec, b := e.record(term, now)
-	batch := &backend.Batch{Conditions: []backend.Condition{{Key: mvcc.MetaLeader, Value: raw}}}
-	batch.Put(mvcc.MetaLeader, b)
-	batch.Put(mvcc.MetaLeaderTerm, mvcc.EncodeRev(term))
-	if err := e.be.Commit(batch); err != nil {
+	if err := mvcc.SwapLeader(e.be, raw, b, term); err != nil {
 		if !errors.Is(err, backend.ErrConditionFailed) {
 			e.opts.Logger.Warn("campaign failed", "term", term, "err", err)
 		}
@@ -303,7 +298,5 @@ func (e *Elector) release() {
 	e.depose("shutting down")
 	rec := &axonpb.LeaderRecord{Id: e.opts.ID, Term: term, Address: e.opts.Address, ExpiresUnixNano: 0}
 	b, _ := proto.Marshal(rec)
-	batch := &backend.Batch{Conditions: []backend.Condition{{Key: mvcc.MetaLeader, Value: held}}}
-	batch.Put(mvcc.MetaLeader, b)
-	_ = e.be.Commit(batch)
+	_ = mvcc.SwapLeader(e.be, held, b, 0)
 }

@@ -228,12 +228,13 @@ const defaultStopGrace = 5 * time.Second
 // Options returns the effective options (defaults filled in).
 func (m *Manager) Options() Options { return m.opts }
 
-// Load replaces the table with the lease records and attachments stored in
-// snap. It must be called while the manager is stopped (at startup, and
+// Load replaces the table with the lease records stored in snap and the
+// keys attached to them, which attached lists (each live key with a lease,
+// as the key index knows it: attachments are not stored apart). It must be called while the manager is stopped (at startup, and
 // again by a follower about to become the primary, since followers do not
 // see the leader's grants). TTLs below MinTTL are raised to it, as etcd
 // does on recovery. Deadlines are set by Start.
-func (m *Manager) Load(snap backend.Snapshot) error {
+func (m *Manager) Load(snap backend.Snapshot, attached func(fn func(id int64, key []byte))) error {
 	m.life.Lock()
 	defer m.life.Unlock()
 	if m.Primary() {
@@ -254,22 +255,15 @@ func (m *Manager) Load(snap backend.Snapshot) error {
 		return fmt.Errorf("lease: load records: %w", err)
 	}
 	orphans := 0
-	start, end = mvcc.AttachPrefix()
-	err = snap.Scan(start, end, backend.ScanOptions{KeysOnly: true}, func(k, _ []byte) error {
-		if len(k) < 9 {
-			return fmt.Errorf("lease: malformed attachment key %x", k)
-		}
-		id, key := mvcc.SplitAttachKey(k)
-		e := leases[id]
-		if e == nil {
-			orphans++
-			return nil
-		}
-		e.keys[string(key)] = struct{}{}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("lease: load attachments: %w", err)
+	if attached != nil {
+		attached(func(id int64, key []byte) {
+			e := leases[id]
+			if e == nil {
+				orphans++
+				return
+			}
+			e.keys[string(key)] = struct{}{}
+		})
 	}
 	if orphans > 0 {
 		m.lg.Warn("attachments to missing leases ignored", "count", orphans)

@@ -860,8 +860,24 @@ func TestLeasesSortedByDeadline(t *testing.T) {
 	}
 }
 
-// memSnapshot is a sorted in-memory backend.Snapshot.
-type memSnapshot struct{ kv map[string][]byte }
+// memSnapshot is a sorted in-memory backend.Snapshot, with the attached
+// keys the key index would list for it.
+type memSnapshot struct {
+	kv       map[string][]byte
+	attached []attachment
+}
+
+type attachment struct {
+	id  int64
+	key string
+}
+
+// leased lists the attachments as the key index does.
+func (s *memSnapshot) leased(fn func(id int64, key []byte)) {
+	for _, a := range s.attached {
+		fn(a.id, []byte(a.key))
+	}
+}
 
 func (s *memSnapshot) Get(key []byte) ([]byte, error) {
 	v, ok := s.kv[string(key)]
@@ -911,7 +927,7 @@ func (s *memSnapshot) putLease(t *testing.T, id, ttl int64) {
 }
 
 func (s *memSnapshot) attach(id int64, key string) {
-	s.kv[string(mvcc.AttachKey(id, []byte(key)))] = nil
+	s.attached = append(s.attached, attachment{id, key})
 }
 
 func TestLoadRestores(t *testing.T) {
@@ -928,7 +944,7 @@ func TestLoadRestores(t *testing.T) {
 	snap.kv["k/unrelated"] = []byte("x")
 
 	m, w := newTestManager(t, testOptions())
-	if err := m.Load(snap); err != nil {
+	if err := m.Load(snap, snap.leased); err != nil {
 		t.Fatal(err)
 	}
 	if m.Len() != 4 {
@@ -953,7 +969,7 @@ func TestLoadRestores(t *testing.T) {
 	}
 
 	m.Start()
-	if err := m.Load(snap); err == nil {
+	if err := m.Load(snap, snap.leased); err == nil {
 		t.Fatal("Load while started succeeded")
 	}
 	l, err := m.TimeToLive(2, false)
@@ -976,7 +992,7 @@ func TestLoadRestores(t *testing.T) {
 	m.Stop()
 	snap2 := &memSnapshot{kv: map[string][]byte{}}
 	snap2.putLease(t, 7, 10)
-	if err := m.Load(snap2); err != nil {
+	if err := m.Load(snap2, snap2.leased); err != nil {
 		t.Fatal(err)
 	}
 	if got := m.Leases(); !slices.Equal(got, []int64{7}) {
@@ -987,7 +1003,7 @@ func TestLoadRestores(t *testing.T) {
 func TestLoadBadRecord(t *testing.T) {
 	snap := &memSnapshot{kv: map[string][]byte{string(mvcc.LeaseKey(1)): {0xff, 0xff}}}
 	m, _ := newTestManager(t, testOptions())
-	if err := m.Load(snap); err == nil {
+	if err := m.Load(snap, snap.leased); err == nil {
 		t.Fatal("Load accepted a corrupt lease record")
 	}
 }

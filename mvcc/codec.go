@@ -2,6 +2,7 @@ package mvcc
 
 import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/axon-kv/axon/proto/axonpb"
@@ -64,4 +65,49 @@ func DecodeRecord(b []byte) (*axonpb.RevisionRecord, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// decodeMeta reads a stored state's revisions, version, lease and deletion
+// mark without copying its value: rebuilding the index at open reads every
+// history entry, and the values are most of their bytes.
+func decodeMeta(b []byte) (kv stateMeta, err error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return kv, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return kv, protowire.ParseError(n)
+			}
+			b = b[n:]
+			switch num {
+			case 2:
+				kv.CreateRevision = int64(v)
+			case 3:
+				kv.ModRevision = int64(v)
+			case 4:
+				kv.Version = int64(v)
+			case 5:
+				kv.Lease = int64(v)
+			case 6:
+				kv.Deleted = v != 0
+			}
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return kv, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return kv, nil
+}
+
+// stateMeta is a stored state without its value.
+type stateMeta struct {
+	CreateRevision, ModRevision, Version, Lease int64
+	Deleted                                     bool
 }

@@ -1,21 +1,25 @@
-// Package mvcc maps etcd's multi-version key space onto the flat ordered
-// keyspace of a backend.Backend, once for every engine. It owns the key
-// layout and the read paths (current and historical ranges, revision
-// records). It must not write by itself: all writes are built by package
-// revision and committed by the single writer.
+// Package mvcc owns etcd's multi-version key space on the flat ordered
+// keyspace of a backend.Backend, once for every engine: the storage format
+// (reads and writes), the in-memory key index, recovery at open and
+// physical compaction. No other package builds a backend.Batch; the writer
+// (package revision) decides what changes and calls a WriteTxn here.
 //
-// Layout (one byte prefixes, big-endian revisions so byte order is numeric
-// order):
+// Layout, format 2 (one byte prefixes, big-endian revisions so byte order
+// is numeric order). A value is stored once, in its history entry:
 //
-//	'k' key                          latest state of a live key (axonpb.KeyValue)
-//	'h' esc(key) 0x00 0x01 rev       state of key as of main revision rev (tombstone when deleted)
-//	'r' rev                          axonpb.RevisionRecord: the changes of main revision rev
+//	'h' esc(key) 0x00 0x01 rev       axonpb.KeyValue: key's state at main revision rev (tombstone when deleted)
+//	'r' rev chunk                    axonpb.RevisionRecord: the changes of rev without values, in chunks
 //	'l' id                           axonpb.Lease
-//	'a' id key                       key is attached to lease id
-//	'm' name                         meta: current revision, compacted revision, leader record
+//	'm' name                         meta: format, current revision, compacted revision, leader record
 //
 // esc() doubles 0x00 as 0x00 0xff and ends with 0x00 0x01, so history keys
 // of different user keys never interleave and still sort by user key.
+//
+// A revision is committed when m/revision reaches it. A large revision may
+// reach the backend in several batches; entries above m/revision belong to
+// an unfinished one and are rolled back at open (see Recover). Leases
+// attached to keys are not stored apart: the index rebuilds them from the
+// keys' states.
 package mvcc
 
 import (
@@ -23,15 +27,19 @@ import (
 )
 
 const (
-	prefixLatest   = 'k'
+	prefixLatestV1 = 'k' // format 1 only: detected and refused
 	prefixHistory  = 'h'
 	prefixRevision = 'r'
 	prefixLease    = 'l'
-	prefixAttach   = 'a'
 	prefixMeta     = 'm'
 )
 
+// FormatVersion is the storage format this code reads and writes.
+const FormatVersion = 2
+
 var (
+	// MetaFormat holds the storage format version (absent in format 1).
+	MetaFormat = []byte("m/format")
 	// MetaRevision holds the current (last committed) main revision.
 	MetaRevision = []byte("m/revision")
 	// MetaCompacted holds the compacted revision (reads below it fail).
@@ -46,31 +54,6 @@ var (
 	// without racing the leader's own renewals.
 	MetaLeaderTerm = []byte("m/leader-term")
 )
-
-// LatestKey is the backend key of a user key's latest state.
-func LatestKey(key []byte) []byte {
-	b := make([]byte, 1+len(key))
-	b[0] = prefixLatest
-	copy(b[1:], key)
-	return b
-}
-
-// LatestRange maps a user range [start, end) to backend bounds. An empty end
-// means the single key; end "\x00" means every key >= start.
-func LatestRange(start, end []byte) ([]byte, []byte) {
-	s := LatestKey(start)
-	switch {
-	case len(end) == 0:
-		return s, append(LatestKey(start), 0)
-	case len(end) == 1 && end[0] == 0:
-		return s, []byte{prefixLatest + 1}
-	default:
-		return s, LatestKey(end)
-	}
-}
-
-// UserKeyFromLatest strips the prefix of a latest key.
-func UserKeyFromLatest(k []byte) []byte { return k[1:] }
 
 func appendEscaped(b, key []byte) []byte {
 	for _, c := range key {
@@ -133,13 +116,18 @@ func unescape(esc []byte) []byte {
 	return key
 }
 
-// RevisionKey is the backend key of the record of main revision rev.
-func RevisionKey(rev int64) []byte {
-	return binary.BigEndian.AppendUint64([]byte{prefixRevision}, uint64(rev))
+// RevisionKey is the backend key of the first record chunk of main
+// revision rev; it also bounds the chunks of rev from below.
+func RevisionKey(rev int64) []byte { return RevisionChunkKey(rev, 0) }
+
+// RevisionChunkKey is the backend key of chunk n of the record of rev.
+func RevisionChunkKey(rev int64, n uint32) []byte {
+	b := binary.BigEndian.AppendUint64([]byte{prefixRevision}, uint64(rev))
+	return binary.BigEndian.AppendUint32(b, n)
 }
 
-// RevisionFromKey decodes a RevisionKey.
-func RevisionFromKey(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[1:])) }
+// RevisionFromKey decodes a RevisionChunkKey.
+func RevisionFromKey(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[1:9])) }
 
 // LeaseKey is the backend key of a lease record.
 func LeaseKey(id int64) []byte {
@@ -148,20 +136,6 @@ func LeaseKey(id int64) []byte {
 
 // LeasePrefix bounds all lease records.
 func LeasePrefix() ([]byte, []byte) { return []byte{prefixLease}, []byte{prefixLease + 1} }
-
-// AttachKey records that key is attached to lease id.
-func AttachKey(id int64, key []byte) []byte {
-	b := binary.BigEndian.AppendUint64([]byte{prefixAttach}, uint64(id))
-	return append(b, key...)
-}
-
-// AttachPrefix bounds all attachments (of one lease when id != 0).
-func AttachPrefix() ([]byte, []byte) { return []byte{prefixAttach}, []byte{prefixAttach + 1} }
-
-// SplitAttachKey decodes an AttachKey.
-func SplitAttachKey(k []byte) (id int64, key []byte) {
-	return int64(binary.BigEndian.Uint64(k[1:9])), append([]byte(nil), k[9:]...)
-}
 
 // EncodeRev encodes a revision for meta values.
 func EncodeRev(rev int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(rev)) }

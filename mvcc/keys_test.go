@@ -67,12 +67,6 @@ func TestHistoryRangeBounds(t *testing.T) {
 		if want := InRange(key, start, end); inside != want {
 			t.Fatalf("key %q range [%q,%q): inside=%v want %v", key, start, end, inside, want)
 		}
-		llo, lhi := LatestRange(start, end)
-		lk := LatestKey(key)
-		inside = bytes.Compare(lk, llo) >= 0 && bytes.Compare(lk, lhi) < 0
-		if want := InRange(key, start, end); inside != want {
-			t.Fatalf("latest key %q range [%q,%q): inside=%v want %v", key, start, end, inside, want)
-		}
 	}
 }
 

@@ -2,8 +2,8 @@ package mvcc
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
+	"fmt"
 	"sort"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -21,12 +21,15 @@ var (
 	ErrFutureRev = rpctypes.ErrGRPCFutureRev
 )
 
-// Source yields the live keys of a range as of a revision.
+// Source is a view of the key space for ExecRange: the index part answers
+// which keys exist at a revision and their revisions, Load fetches a whole
+// state by a point read.
 type Source interface {
-	// Scan calls fn with each live key in [start, end) as of rev in key order
-	// (end conventions as in LatestRange), with its encoded axonpb.KeyValue.
-	// Both slices are only valid during the call.
-	Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error
+	// Entries returns the first max entries (all when max < 0) of the keys
+	// in [start, end) alive at rev, in key order, and how many there are.
+	Entries(start, end []byte, rev int64, max int) ([]Entry, int64, error)
+	// Load returns the state e names, value and lease included.
+	Load(e Entry) (*axonpb.KeyValue, error)
 }
 
 // Reader reads committed state from one backend snapshot.
@@ -59,105 +62,42 @@ func (r Reader) get(k []byte) ([]byte, error) {
 	return b, err
 }
 
-// Latest returns the latest state of key, or nil when it does not exist.
-func (r Reader) Latest(key []byte) (*axonpb.KeyValue, error) {
-	b, err := r.get(LatestKey(key))
-	if err != nil || b == nil {
+// At returns key's stored state at exactly main revision rev.
+func (r Reader) At(key []byte, rev int64) (*axonpb.KeyValue, error) {
+	b, err := r.Snap.Get(HistoryKey(key, rev))
+	if err != nil {
+		if errors.Is(err, backend.ErrNotFound) {
+			return nil, fmt.Errorf("mvcc: state of %q at revision %d is missing from the store: %w", key, rev, err)
+		}
 		return nil, err
 	}
 	return DecodeKV(b)
 }
 
-// LatestSource scans the latest state; rev is ignored, so callers use it only
-// at the snapshot's current revision.
-type LatestSource struct{ Snap backend.Snapshot }
-
-// Scan implements Source.
-func (s LatestSource) Scan(start, end []byte, _ int64, fn func(key, val []byte) error) error {
-	if len(end) == 0 {
-		// One key: a point read, no iterator.
-		v, err := s.Snap.Get(LatestKey(start))
-		if errors.Is(err, backend.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return fn(start, v)
-	}
-	lo, hi := LatestRange(start, end)
-	return s.Snap.Scan(lo, hi, backend.ScanOptions{}, func(k, v []byte) error {
-		return fn(UserKeyFromLatest(k), v)
-	})
+// IndexSource reads through the index, loading values from a snapshot
+// taken after the index reached the revisions it reads.
+type IndexSource struct {
+	Idx  *Index
+	Snap backend.Snapshot
 }
 
-// HistorySource scans the per-key history, picking for each key the newest
-// state at or below rev.
-type HistorySource struct{ Snap backend.Snapshot }
+// Entries implements Source.
+func (s IndexSource) Entries(start, end []byte, rev int64, max int) ([]Entry, int64, error) {
+	es, n := s.Idx.Range(start, end, rev, max)
+	return es, n, nil
+}
 
-// Scan implements Source.
-func (s HistorySource) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
-	if len(end) == 0 {
-		// One key: its newest version at or below rev, read backwards.
-		var (
-			val   []byte
-			found bool
-		)
-		err := s.Snap.Scan(HistoryPrefix(start), HistoryKey(start, rev+1), backend.ScanOptions{Limit: 1, Reverse: true},
-			func(_, v []byte) error {
-				val, found = append([]byte(nil), v...), true
-				return nil
-			})
-		if err != nil || !found {
-			return err
-		}
-		kv, err := DecodeKV(val)
-		if err != nil || kv.Deleted {
-			return err
-		}
-		return fn(start, val)
+// Load implements Source.
+func (s IndexSource) Load(e Entry) (*axonpb.KeyValue, error) {
+	if e.loaded != nil {
+		return e.loaded, nil
 	}
-	lo, hi := HistoryRange(start, end)
-	var (
-		curPrefix []byte // history key without the revision: identifies the user key
-		best      []byte // encoded state of the newest version <= rev
-		have      bool
-	)
-	emit := func() error {
-		if !have {
-			return nil
-		}
-		have = false
-		kv, err := DecodeKV(best)
-		if err != nil {
-			return err
-		}
-		if kv.Deleted {
-			return nil
-		}
-		return fn(userKeyOfHistoryPrefix(curPrefix), best)
-	}
-	err := s.Snap.Scan(lo, hi, backend.ScanOptions{}, func(k, v []byte) error {
-		if len(k) < 11 {
-			return nil
-		}
-		p := k[:len(k)-8]
-		if !bytes.Equal(p, curPrefix) {
-			if err := emit(); err != nil {
-				return err
-			}
-			curPrefix = append(curPrefix[:0], p...)
-		}
-		if int64(binary.BigEndian.Uint64(k[len(k)-8:])) <= rev {
-			best = append(best[:0], v...)
-			have = true
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return emit()
+	return Reader{Snap: s.Snap}.At([]byte(e.Key), e.Mod)
+}
+
+// Loaded is an entry whose whole state is already known (a pending write).
+func Loaded(key string, kv *axonpb.KeyValue) Entry {
+	return Entry{Key: key, Mod: kv.ModRevision, Create: kv.CreateRevision, Version: kv.Version, loaded: kv}
 }
 
 // ExecRange answers a RangeRequest the way etcd does: count is the number
@@ -177,52 +117,101 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 	if r.SortTarget != pb.RangeRequest_KEY && sortOrder == pb.RangeRequest_NONE {
 		sortOrder = pb.RangeRequest_ASCEND
 	} else if r.SortTarget == pb.RangeRequest_KEY && sortOrder == pb.RangeRequest_ASCEND {
-		sortOrder = pb.RangeRequest_NONE // scans already come in ascending key order
+		sortOrder = pb.RangeRequest_NONE // the index already yields ascending key order
 	}
-	// How many entries must be decoded: all when sorting or filtering, else
-	// one past the limit so `more` is known; the rest are only counted.
+	// How many entries are needed: all when sorting or filtering, else one
+	// past the limit so `more` is known; the rest are only counted.
 	want := -1
 	if r.CountOnly {
 		want = 0
 	} else if r.Limit > 0 && defaultOrder && !filtered {
 		want = int(r.Limit) + 1
 	}
-	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: current}}
-	var count int64
-	err = src.Scan(r.Key, r.RangeEnd, rev, func(key, val []byte) error {
-		count++
-		if want >= 0 && len(resp.Kvs) >= want {
-			return nil
-		}
-		kv, err := DecodeKV(val)
-		if err != nil {
-			return err
-		}
-		if r.KeysOnly {
-			kv.Value = nil
-			if r.SortTarget != pb.RangeRequest_VALUE {
-				// etcd answers such requests from its key index alone,
-				// which does not know leases.
-				kv.Lease = 0
-			}
-		}
-		resp.Kvs = append(resp.Kvs, ToEtcd(append([]byte(nil), key...), kv))
-		return nil
-	})
+	entries, count, err := src.Entries(r.Key, r.RangeEnd, rev, want)
 	if err != nil {
 		return nil, err
 	}
-	resp.Count = count
+	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: current}, Count: count}
+	if r.CountOnly {
+		return resp, nil
+	}
 	if filtered {
-		resp.Kvs = pruneKVs(resp.Kvs, r)
+		entries = pruneEntries(entries, r)
+	}
+	// Values are read only for the entries answered, after the cut, unless
+	// the order depends on them. keys_only answers come from the index
+	// alone, which does not know leases, as etcd's.
+	needValue := !r.KeysOnly || r.SortTarget == pb.RangeRequest_VALUE
+	kvs := make([]*mvccpb.KeyValue, len(entries))
+	load := func(i int) error {
+		e := entries[i]
+		kv := &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
+		if needValue {
+			st, err := src.Load(e)
+			if err != nil {
+				return err
+			}
+			kv.Value, kv.Lease = st.Value, st.Lease
+			if r.KeysOnly {
+				kv.Value = nil
+			}
+		}
+		kvs[i] = kv
+		return nil
+	}
+	cut := func() {
+		if r.Limit > 0 && int64(len(kvs)) > r.Limit {
+			kvs = kvs[:r.Limit]
+			resp.More = true
+		}
+	}
+	if sortOrder != pb.RangeRequest_NONE && r.SortTarget == pb.RangeRequest_VALUE {
+		for i := range entries {
+			if err := load(i); err != nil {
+				return nil, err
+			}
+		}
+		sortKVs(kvs, r.SortTarget, sortOrder)
+		cut()
+		if r.KeysOnly {
+			for _, kv := range kvs {
+				kv.Value = nil
+			}
+		}
+		resp.Kvs = kvs
+		return resp, nil
+	}
+	for i, e := range entries {
+		kvs[i] = &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
 	}
 	if sortOrder != pb.RangeRequest_NONE {
-		sortKVs(resp.Kvs, r.SortTarget, sortOrder)
+		// Sort positions, so entries follow their key-values.
+		pos := make([]int, len(kvs))
+		for i := range pos {
+			pos[i] = i
+		}
+		byKV := func(i, j int) bool { return less(kvs[pos[i]], kvs[pos[j]], r.SortTarget) }
+		if sortOrder == pb.RangeRequest_DESCEND {
+			sort.SliceStable(pos, func(i, j int) bool { return byKV(j, i) })
+		} else {
+			sort.SliceStable(pos, byKV)
+		}
+		sortedE, sortedK := make([]Entry, len(pos)), make([]*mvccpb.KeyValue, len(pos))
+		for i, p := range pos {
+			sortedE[i], sortedK[i] = entries[p], kvs[p]
+		}
+		entries, kvs = sortedE, sortedK
 	}
-	if r.Limit > 0 && int64(len(resp.Kvs)) > r.Limit {
-		resp.Kvs = resp.Kvs[:r.Limit]
-		resp.More = true
+	cut()
+	entries = entries[:len(kvs)]
+	if needValue {
+		for i := range entries {
+			if err := load(i); err != nil {
+				return nil, err
+			}
+		}
 	}
+	resp.Kvs = kvs
 	return resp, nil
 }
 
@@ -246,44 +235,46 @@ func HasRevisionFilters(r *pb.RangeRequest) bool {
 	return r.MinModRevision != 0 || r.MaxModRevision != 0 || r.MinCreateRevision != 0 || r.MaxCreateRevision != 0
 }
 
-func pruneKVs(kvs []*mvccpb.KeyValue, r *pb.RangeRequest) []*mvccpb.KeyValue {
-	out := kvs[:0]
-	for _, kv := range kvs {
-		if r.MaxModRevision != 0 && kv.ModRevision > r.MaxModRevision {
+func pruneEntries(es []Entry, r *pb.RangeRequest) []Entry {
+	out := es[:0]
+	for _, e := range es {
+		if r.MaxModRevision != 0 && e.Mod > r.MaxModRevision {
 			continue
 		}
-		if r.MinModRevision != 0 && kv.ModRevision < r.MinModRevision {
+		if r.MinModRevision != 0 && e.Mod < r.MinModRevision {
 			continue
 		}
-		if r.MaxCreateRevision != 0 && kv.CreateRevision > r.MaxCreateRevision {
+		if r.MaxCreateRevision != 0 && e.Create > r.MaxCreateRevision {
 			continue
 		}
-		if r.MinCreateRevision != 0 && kv.CreateRevision < r.MinCreateRevision {
+		if r.MinCreateRevision != 0 && e.Create < r.MinCreateRevision {
 			continue
 		}
-		out = append(out, kv)
+		out = append(out, e)
 	}
 	return out
 }
 
-func sortKVs(kvs []*mvccpb.KeyValue, target pb.RangeRequest_SortTarget, order pb.RangeRequest_SortOrder) {
-	var less func(a, b *mvccpb.KeyValue) bool
+func less(a, b *mvccpb.KeyValue, target pb.RangeRequest_SortTarget) bool {
 	switch target {
 	case pb.RangeRequest_VERSION:
-		less = func(a, b *mvccpb.KeyValue) bool { return a.Version < b.Version }
+		return a.Version < b.Version
 	case pb.RangeRequest_CREATE:
-		less = func(a, b *mvccpb.KeyValue) bool { return a.CreateRevision < b.CreateRevision }
+		return a.CreateRevision < b.CreateRevision
 	case pb.RangeRequest_MOD:
-		less = func(a, b *mvccpb.KeyValue) bool { return a.ModRevision < b.ModRevision }
+		return a.ModRevision < b.ModRevision
 	case pb.RangeRequest_VALUE:
-		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Value, b.Value) < 0 }
+		return bytes.Compare(a.Value, b.Value) < 0
 	default:
-		less = func(a, b *mvccpb.KeyValue) bool { return bytes.Compare(a.Key, b.Key) < 0 }
+		return bytes.Compare(a.Key, b.Key) < 0
 	}
+}
+
+func sortKVs(kvs []*mvccpb.KeyValue, target pb.RangeRequest_SortTarget, order pb.RangeRequest_SortOrder) {
 	if order == pb.RangeRequest_DESCEND {
-		sort.SliceStable(kvs, func(i, j int) bool { return less(kvs[j], kvs[i]) })
+		sort.SliceStable(kvs, func(i, j int) bool { return less(kvs[j], kvs[i], target) })
 	} else {
-		sort.SliceStable(kvs, func(i, j int) bool { return less(kvs[i], kvs[j]) })
+		sort.SliceStable(kvs, func(i, j int) bool { return less(kvs[i], kvs[j], target) })
 	}
 }
 
@@ -303,24 +294,48 @@ func (r Reader) Prev(key []byte, rev int64) (*mvccpb.KeyValue, error) {
 	return out, err
 }
 
-// Events calls fn for every stored revision record in [from, to], in order,
-// as etcd events; PrevKv is looked up in the history when withPrev is set.
-func (r Reader) Events(from, to int64, withPrev bool, fn func(rev int64, evs []*mvccpb.Event) error) error {
+// Records calls fn with the whole record of every committed revision in
+// [from, to] that changed keys, in order (chunks joined). Changes carry no
+// values: RecordEvents reads them.
+func (r Reader) Records(from, to int64, fn func(rec *axonpb.RevisionRecord) error) error {
 	if from < 1 {
 		from = 1
 	}
 	if to < from {
 		return nil
 	}
+	var cur *axonpb.RevisionRecord
+	err := r.Snap.Scan(RevisionKey(from), RevisionKey(to+1), backend.ScanOptions{}, func(k, v []byte) error {
+		rec, err := DecodeRecord(v)
+		if err != nil {
+			return fmt.Errorf("mvcc: record %x: %w", k, err)
+		}
+		if cur != nil && cur.Revision == rec.Revision {
+			cur.Changes = append(cur.Changes, rec.Changes...)
+			return nil
+		}
+		if cur != nil {
+			if err := fn(cur); err != nil {
+				return err
+			}
+		}
+		cur = rec
+		return nil
+	})
+	if err != nil || cur == nil {
+		return err
+	}
+	return fn(cur)
+}
+
+// Events calls fn for every stored revision record in [from, to], in order,
+// as etcd events; PrevKv is looked up in the history when withPrev is set.
+func (r Reader) Events(from, to int64, withPrev bool, fn func(rev int64, evs []*mvccpb.Event) error) error {
 	_, compacted, err := r.Meta()
 	if err != nil {
 		return err
 	}
-	return r.Snap.Scan(RevisionKey(from), RevisionKey(to+1), backend.ScanOptions{}, func(k, v []byte) error {
-		rec, err := DecodeRecord(v)
-		if err != nil {
-			return err
-		}
+	return r.Records(from, to, func(rec *axonpb.RevisionRecord) error {
 		// As etcd: the event at the compaction revision has no prev_kv (its
 		// previous revision is compacted), even before physical compaction
 		// removed it. Readers below it are canceled instead.
@@ -332,16 +347,27 @@ func (r Reader) Events(from, to int64, withPrev bool, fn func(rev int64, evs []*
 	})
 }
 
-// RecordEvents turns a revision record into etcd events.
+// RecordEvents turns a revision record into etcd events, reading the
+// values from the history entries.
 func (r Reader) RecordEvents(rec *axonpb.RevisionRecord, withPrev bool) ([]*mvccpb.Event, error) {
 	evs := make([]*mvccpb.Event, 0, len(rec.Changes))
 	for _, c := range rec.Changes {
-		ev := &mvccpb.Event{Kv: ToEtcd(c.Key, c.Kv)}
+		var ev *mvccpb.Event
 		if c.Delete {
-			ev.Type = mvccpb.DELETE
-			ev.Kv = &mvccpb.KeyValue{Key: c.Key, ModRevision: rec.Revision}
+			ev = &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: c.Key, ModRevision: rec.Revision}}
+		} else {
+			kv, err := r.At(c.Key, rec.Revision)
+			if err != nil {
+				return nil, err
+			}
+			if kv.Deleted {
+				// The same transaction deleted the key again: the record
+				// carries this state whole.
+				kv = c.Kv
+			}
+			ev = &mvccpb.Event{Kv: ToEtcd(c.Key, kv)}
 		}
-		if withPrev && (c.Delete || c.Kv.Version > 1) {
+		if withPrev && (c.Delete || c.Kv.GetVersion() > 1) {
 			prev, err := r.Prev(c.Key, rec.Revision)
 			if err != nil {
 				return nil, err

@@ -1,22 +1,5 @@
 package mvcc
 
-import "github.com/axon-kv/axon/backend"
-
-// SnapshotSource reads a snapshot whose current revision is Current: the
-// latest-state scan at Current, the history below it.
-type SnapshotSource struct {
-	Snap    backend.Snapshot
-	Current int64
-}
-
-// Scan implements Source.
-func (s SnapshotSource) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
-	if rev >= s.Current {
-		return LatestSource{Snap: s.Snap}.Scan(start, end, rev, fn)
-	}
-	return HistorySource{Snap: s.Snap}.Scan(start, end, rev, fn)
-}
-
 // InRange reports whether key lies in the etcd range [start, end) (empty
 // end: the single key start; "\x00": every key >= start).
 func InRange(key, start, end []byte) bool {

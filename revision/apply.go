@@ -7,7 +7,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/proto/axonpb"
@@ -37,14 +36,24 @@ func (w *write) viewRev() int64 {
 	return w.rev - 1
 }
 
-// Scan implements mvcc.Source for reads inside the request: the pending
-// state at its view revision, the snapshot history below it (needsFlush
-// guarantees the snapshot holds every older revision).
-func (w *write) Scan(start, end []byte, rev int64, fn func(key, val []byte) error) error {
+// Entries implements mvcc.Source for reads inside the request: the
+// pending state at its view revision, the committed index below it
+// (needsFlush guarantees the index and snapshot hold every older revision).
+func (w *write) Entries(start, end []byte, rev int64, max int) ([]mvcc.Entry, int64, error) {
 	if rev < w.viewRev() {
-		return mvcc.HistorySource{Snap: w.g.s.snap}.Scan(start, end, rev, fn)
+		return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.s.snap}.Entries(start, end, rev, max)
 	}
-	return w.g.scanLatest(start, end, fn)
+	es := w.g.entries(start, end)
+	n := int64(len(es))
+	if max >= 0 && len(es) > max {
+		es = es[:max]
+	}
+	return es, n, nil
+}
+
+// Load implements mvcc.Source.
+func (w *write) Load(e mvcc.Entry) (*axonpb.KeyValue, error) {
+	return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.s.snap}.Load(e)
 }
 
 func (w *write) end() {
@@ -53,8 +62,8 @@ func (w *write) end() {
 	}
 	g := w.g
 	g.rev = w.rev
-	rec := &axonpb.RevisionRecord{Revision: w.rev, Changes: w.changes}
-	g.batch.Put(mvcc.RevisionKey(w.rev), mvcc.EncodeRecord(rec))
+	g.tx.EndRevision()
+	g.recs = append(g.recs, &axonpb.RevisionRecord{Revision: w.rev, Changes: w.changes})
 	g.pubs = append(g.pubs, pub{rev: w.rev, evs: w.evs})
 }
 
@@ -84,11 +93,7 @@ func (g *group) apply(r *request) (any, error) {
 	case r.compact != nil:
 		return g.compact(r.compact)
 	case r.grant != nil:
-		b, err := proto.Marshal(r.grant)
-		if err != nil {
-			return nil, err
-		}
-		g.batch.Put(mvcc.LeaseKey(r.grant.Id), b)
+		g.tx.PutLease(r.grant)
 		g.grants = append(g.grants, r.grant.Id)
 		return nil, nil
 	default:
@@ -158,7 +163,9 @@ func (w *write) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 	}
 	key := append([]byte(nil), p.Key...)
 	g.overlay[string(key)] = kv
-	g.batch.Put(mvcc.HistoryKey(key, w.rev), mvcc.EncodeKV(kv))
+	if err := g.tx.Put(key, kv); err != nil {
+		return nil, internalError{err}
+	}
 	w.changes = append(w.changes, &axonpb.Change{Key: key, Kv: kv})
 	ev := &mvccpb.Event{Type: mvccpb.PUT, Kv: mvcc.ToEtcd(key, kv)}
 	if evPrev := w.eventPrev(key, prev); kv.CreateRevision != kv.ModRevision {
@@ -173,40 +180,34 @@ func (w *write) put(p *pb.PutRequest) (*pb.PutResponse, error) {
 }
 
 // del deletes key, which exists with state prev.
-func (w *write) del(key []byte, prev *axonpb.KeyValue) *mvccpb.KeyValue {
+func (w *write) del(key []byte, prev *axonpb.KeyValue) (*mvccpb.KeyValue, error) {
 	g := w.g
 	key = append([]byte(nil), key...)
 	g.overlay[string(key)] = nil
-	g.batch.Put(mvcc.HistoryKey(key, w.rev), mvcc.EncodeKV(&axonpb.KeyValue{ModRevision: w.rev, Deleted: true}))
+	if err := g.tx.Delete(key, w.rev); err != nil {
+		return nil, internalError{err}
+	}
 	w.changes = append(w.changes, &axonpb.Change{Delete: true, Key: key, Kv: &axonpb.KeyValue{ModRevision: w.rev}})
 	prevKV := mvcc.ToEtcd(key, prev)
 	w.evs = append(w.evs, &mvccpb.Event{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: key, ModRevision: w.rev}, PrevKv: w.eventPrev(key, prev)})
 	if prev.Lease != 0 {
 		g.setAttach(prev.Lease, key, false)
 	}
-	return prevKV
+	return prevKV, nil
 }
 
 func (w *write) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	type victim struct {
-		key []byte
-		kv  *axonpb.KeyValue
-	}
-	var victims []victim
-	err := w.g.scanLatest(d.Key, d.RangeEnd, func(key, val []byte) error {
-		kv, err := mvcc.DecodeKV(val)
-		if err != nil {
-			return err
-		}
-		victims = append(victims, victim{append([]byte(nil), key...), kv})
-		return nil
-	})
-	if err != nil {
-		return nil, internalError{err}
-	}
+	victims := w.g.entries(d.Key, d.RangeEnd)
 	resp := &pb.DeleteRangeResponse{Deleted: int64(len(victims))}
-	for _, v := range victims {
-		prev := w.del(v.key, v.kv)
+	for _, e := range victims {
+		kv, err := w.Load(e)
+		if err != nil {
+			return nil, internalError{err}
+		}
+		prev, err := w.del([]byte(e.Key), kv)
+		if err != nil {
+			return nil, err
+		}
 		if d.PrevKv {
 			resp.PrevKvs = append(resp.PrevKvs, prev)
 		}
@@ -354,35 +355,31 @@ func (g *group) compares(cs []*pb.Compare) (bool, error) {
 // compare holds when every key of its range satisfies it; over an empty
 // range it compares against a zero key-value, except VALUE, which fails.
 func (g *group) compare(c *pb.Compare) (bool, error) {
-	var kvs []*axonpb.KeyValue
+	var es []mvcc.Entry
 	if len(c.RangeEnd) == 0 {
-		kv, err := g.latest(c.Key)
-		if err != nil {
-			return false, err
-		}
-		if kv != nil {
-			kvs = append(kvs, kv)
+		if e, ok := g.state(c.Key); ok {
+			es = append(es, e)
 		}
 	} else {
-		err := g.scanLatest(c.Key, c.RangeEnd, func(_, val []byte) error {
-			kv, err := mvcc.DecodeKV(val)
-			if err != nil {
-				return err
-			}
-			kvs = append(kvs, kv)
-			return nil
-		})
-		if err != nil {
-			return false, internalError{err}
-		}
+		es = g.entries(c.Key, c.RangeEnd)
 	}
-	if len(kvs) == 0 {
+	if len(es) == 0 {
 		if c.Target == pb.Compare_VALUE {
 			return false, nil
 		}
 		return compareKV(c, &axonpb.KeyValue{}), nil
 	}
-	for _, kv := range kvs {
+	// Revisions and versions come from the index; only value and lease
+	// compares read the stored state.
+	needValue := c.Target == pb.Compare_VALUE || c.Target == pb.Compare_LEASE
+	for _, e := range es {
+		kv := &axonpb.KeyValue{CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
+		if needValue {
+			var err error
+			if kv, err = (&write{g: g}).Load(e); err != nil {
+				return false, internalError{err}
+			}
+		}
 		if !compareKV(c, kv) {
 			return false, nil
 		}
@@ -440,11 +437,13 @@ func (g *group) revoke(id int64) (any, error) {
 			return nil, err
 		}
 		if prev != nil && prev.Lease == id {
-			w.del(k, prev)
+			if _, err := w.del(k, prev); err != nil {
+				return nil, err
+			}
 		}
 		g.setAttach(id, k, false)
 	}
-	g.batch.Delete(mvcc.LeaseKey(id))
+	g.tx.DeleteLease(id)
 	g.revokes = append(g.revokes, id)
 	w.end()
 	return g.rev, nil
@@ -462,7 +461,7 @@ func (g *group) compact(c *pb.CompactionRequest) (any, error) {
 		return nil, rpctypes.ErrGRPCFutureRev
 	}
 	g.compactTo = c.Revision
-	g.batch.Put(mvcc.MetaCompacted, mvcc.EncodeRev(c.Revision))
+	g.tx.SetCompacted(c.Revision)
 	res := &pb.CompactionResponse{Header: &pb.ResponseHeader{Revision: g.rev}}
 	if c.Physical {
 		done := make(chan struct{})

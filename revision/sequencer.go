@@ -10,6 +10,7 @@ package revision
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -46,9 +47,12 @@ type Options struct {
 	// FenceLost is called when a fenced commit failed its conditions:
 	// another node leads now and this writer must stop.
 	FenceLost func()
-	// CompactBatch is how many history entries one physical compaction
-	// batch deletes.
+	// CompactBatch is how many keys one physical compaction batch trims.
 	CompactBatch int
+	// FlushOps and FlushBytes bound one backend batch (see
+	// mvcc.WriteOptions): a larger revision is written in several.
+	FlushOps   int
+	FlushBytes int
 }
 
 func (o *Options) defaults() {
@@ -79,6 +83,7 @@ type GroupStats struct {
 // Sequencer is the single writer.
 type Sequencer struct {
 	be   backend.Backend
+	idx  *mvcc.Index
 	opts Options
 
 	pub    Publisher
@@ -119,11 +124,17 @@ type result struct {
 	wait <-chan struct{}
 }
 
-// New loads the current state from be. Set publisher and leases, then Start.
-func New(be backend.Backend, opts Options) (*Sequencer, error) {
+// New takes over be, whose committed state idx indexes: it rolls back an
+// unfinished revision and continues after the index's revision. Set
+// publisher and leases, then Start.
+func New(be backend.Backend, idx *mvcc.Index, opts Options) (*Sequencer, error) {
 	opts.defaults()
+	if err := mvcc.Recover(be, opts.Fence); err != nil {
+		return nil, err
+	}
 	s := &Sequencer{
 		be:       be,
+		idx:      idx,
 		opts:     opts,
 		queue:    make(chan *request, opts.QueueLength),
 		stopping: make(chan struct{}),
@@ -139,10 +150,14 @@ func New(be backend.Backend, opts Options) (*Sequencer, error) {
 		snap.Close()
 		return nil, err
 	}
+	if irev, _ := idx.Rev(); irev != cur {
+		snap.Close()
+		return nil, fmt.Errorf("revision: the index is at revision %d but the store at %d", irev, cur)
+	}
 	s.snap = snap
 	s.rev.Store(cur)
 	s.compacted.Store(comp)
-	s.compactor = newCompactor(be, opts)
+	s.compactor = newCompactor(be, idx, opts)
 	return s, nil
 }
 
@@ -303,7 +318,7 @@ func (s *Sequencer) loop() {
 func (s *Sequencer) runGroup(reqs []*request) {
 	g := s.newGroup()
 	for _, r := range reqs {
-		if g.len() > 0 && (g.batch.Bytes() > s.opts.MaxGroupBytes || g.needsFlush(r)) {
+		if g.len() > 0 && (g.tx.Bytes() > s.opts.MaxGroupBytes || g.tx.Flushed() || g.needsFlush(r)) {
 			s.commit(g)
 			g = s.newGroup()
 		}
@@ -335,10 +350,24 @@ func isInternal(err error) bool {
 }
 
 func (s *Sequencer) fail(g *group, err error) {
+	if errors.Is(err, backend.ErrConditionFailed) && s.opts.Fence != nil {
+		s.opts.Logger.Warn("write group fenced off: another node leads", "requests", len(g.acks))
+		err = ErrNotLeader
+		if s.opts.FenceLost != nil {
+			s.opts.FenceLost()
+		}
+	}
 	for _, a := range g.acks {
 		a.r.done <- result{err: err}
 	}
 	g.acks = nil
+	if !g.tx.Empty() && !errors.Is(err, ErrNotLeader) {
+		// Batches of the failed group may be in the store above the
+		// committed revision; the next group reuses those revisions.
+		if rerr := mvcc.Recover(s.be, s.opts.Fence); rerr != nil {
+			s.opts.Logger.Error("rolling back a failed group", "err", rerr)
+		}
+	}
 	s.refreshSnapshot()
 }
 
@@ -359,32 +388,21 @@ func (s *Sequencer) commit(g *group) {
 	if len(g.acks) == 0 {
 		return
 	}
-	if g.batch.Len() > 0 {
-		if g.rev != g.baseRev {
-			g.batch.Put(mvcc.MetaRevision, mvcc.EncodeRev(g.rev))
-		}
-		g.flushLatest()
-		if s.opts.Fence != nil {
-			g.batch.Conditions = append(g.batch.Conditions, s.opts.Fence()...)
-		}
+	if !g.tx.Empty() || g.rev != g.baseRev {
 		start := time.Now()
-		err := s.be.Commit(&g.batch)
-		if err != nil {
-			if errors.Is(err, backend.ErrConditionFailed) && s.opts.Fence != nil {
-				s.opts.Logger.Warn("write group fenced off: another node leads", "requests", len(g.acks))
-				err = ErrNotLeader
-				if s.opts.FenceLost != nil {
-					s.opts.FenceLost()
-				}
-			} else {
+		if err := g.tx.Commit(g.rev, g.rev != g.baseRev); err != nil {
+			if !errors.Is(err, backend.ErrConditionFailed) {
 				s.opts.Logger.Error("commit failed", "err", err, "requests", len(g.acks))
 			}
 			s.fail(g, err)
 			return
 		}
 		if s.OnGroup != nil {
-			s.OnGroup(GroupStats{Requests: len(g.acks), Bytes: g.batch.Bytes(), Commit: time.Since(start)})
+			s.OnGroup(GroupStats{Requests: len(g.acks), Bytes: g.tx.Bytes(), Commit: time.Since(start)})
 		}
+		// Readers take the index's revision, then a snapshot: the index
+		// moves only once the store holds what it names.
+		s.idx.Apply(g.rev, g.recs...)
 		s.rev.Store(g.rev)
 		s.refreshSnapshot()
 		g.afterCommit()
@@ -402,7 +420,8 @@ type group struct {
 	baseRev int64
 	rev     int64
 	overlay map[string]*axonpb.KeyValue // nil: deleted
-	batch   backend.Batch
+	tx      *mvcc.WriteTxn
+	recs    []*axonpb.RevisionRecord
 	pubs    []pub
 	// attach holds pending lease attachment changes: true attach, false detach.
 	attach    map[attachRef]bool
@@ -434,7 +453,8 @@ func (s *Sequencer) newGroup() *group {
 		s.refreshSnapshot()
 	}
 	r := s.rev.Load()
-	return &group{s: s, snapRev: r, baseRev: r, rev: r, overlay: map[string]*axonpb.KeyValue{}, attach: map[attachRef]bool{}}
+	return &group{s: s, snapRev: r, baseRev: r, rev: r, overlay: map[string]*axonpb.KeyValue{}, attach: map[attachRef]bool{},
+		tx: mvcc.NewWriteTxn(s.be, mvcc.WriteOptions{Fence: s.opts.Fence, FlushOps: s.opts.FlushOps, FlushBytes: s.opts.FlushBytes})}
 }
 
 func (g *group) len() int { return len(g.acks) }
@@ -474,81 +494,67 @@ func (g *group) latest(key []byte) (*axonpb.KeyValue, error) {
 	if kv, ok := g.overlay[string(key)]; ok {
 		return kv, nil
 	}
-	b, err := g.s.snap.Get(mvcc.LatestKey(key))
-	if errors.Is(err, backend.ErrNotFound) {
+	e, ok := g.s.idx.Get(key, g.snapRev)
+	if !ok {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, internalError{err}
-	}
-	kv, err := mvcc.DecodeKV(b)
+	kv, err := mvcc.Reader{Snap: g.s.snap}.At(key, e.Mod)
 	if err != nil {
 		return nil, internalError{err}
 	}
 	return kv, nil
 }
 
-// scanLatest visits the live keys of [start, end) as the group sees them:
-// the snapshot's latest state with the group's pending writes over it.
-func (g *group) scanLatest(start, end []byte, fn func(key, val []byte) error) error {
+// state returns key's current revisions and version as this group sees
+// them, without reading the value.
+func (g *group) state(key []byte) (mvcc.Entry, bool) {
+	if kv, ok := g.overlay[string(key)]; ok {
+		if kv == nil {
+			return mvcc.Entry{}, false
+		}
+		return mvcc.Loaded(string(key), kv), true
+	}
+	return g.s.idx.Get(key, g.snapRev)
+}
+
+// entries returns the live keys of [start, end) as the group sees them:
+// the committed index with the group's pending writes over it.
+func (g *group) entries(start, end []byte) []mvcc.Entry {
+	committed, _ := g.s.idx.Range(start, end, g.snapRev, -1)
 	var pending []string
 	for k := range g.overlay {
 		if mvcc.InRange([]byte(k), start, end) {
 			pending = append(pending, k)
 		}
 	}
+	if len(pending) == 0 {
+		return committed
+	}
 	sort.Strings(pending)
+	out := make([]mvcc.Entry, 0, len(committed)+len(pending))
 	i := 0
-	emitPendingBelow := func(key []byte, inclusive bool) error {
-		for i < len(pending) && (pending[i] < string(key) || (inclusive && pending[i] == string(key))) {
+	for _, e := range committed {
+		for i < len(pending) && pending[i] < e.Key {
 			if kv := g.overlay[pending[i]]; kv != nil {
-				if err := fn([]byte(pending[i]), mvcc.EncodeKV(kv)); err != nil {
-					return err
-				}
+				out = append(out, mvcc.Loaded(pending[i], kv))
 			}
 			i++
 		}
-		return nil
-	}
-	err := mvcc.LatestSource{Snap: g.s.snap}.Scan(start, end, 0, func(key, val []byte) error {
-		if err := emitPendingBelow(key, false); err != nil {
-			return err
-		}
-		if i < len(pending) && pending[i] == string(key) {
-			return emitPendingBelow(key, true) // the overlay replaces the stored state
-		}
-		return fn(key, val)
-	})
-	if err != nil {
-		return err
-	}
-	for i < len(pending) {
-		if kv := g.overlay[pending[i]]; kv != nil {
-			if err := fn([]byte(pending[i]), mvcc.EncodeKV(kv)); err != nil {
-				return err
+		if i < len(pending) && pending[i] == e.Key {
+			if kv := g.overlay[pending[i]]; kv != nil {
+				out = append(out, mvcc.Loaded(pending[i], kv))
 			}
+			i++
+			continue
 		}
-		i++
+		out = append(out, e)
 	}
-	return nil
-}
-
-// flushLatest writes the final latest state of every touched key.
-func (g *group) flushLatest() {
-	for k, kv := range g.overlay {
-		if kv == nil {
-			g.batch.Delete(mvcc.LatestKey([]byte(k)))
-		} else {
-			g.batch.Put(mvcc.LatestKey([]byte(k)), mvcc.EncodeKV(kv))
+	for ; i < len(pending); i++ {
+		if kv := g.overlay[pending[i]]; kv != nil {
+			out = append(out, mvcc.Loaded(pending[i], kv))
 		}
 	}
-	for ref, on := range g.attach {
-		if on {
-			g.batch.Put(mvcc.AttachKey(ref.id, []byte(ref.key)), nil)
-		} else {
-			g.batch.Delete(mvcc.AttachKey(ref.id, []byte(ref.key)))
-		}
-	}
+	return out
 }
 
 func (g *group) afterCommit() {
@@ -574,6 +580,7 @@ func (g *group) afterCommit() {
 		}
 	}
 	if g.compactTo > 0 {
+		s.idx.SetCompacted(g.compactTo)
 		s.compacted.Store(g.compactTo)
 		if s.pub != nil {
 			s.pub.Compacted(g.compactTo)

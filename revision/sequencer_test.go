@@ -12,6 +12,7 @@ import (
 
 	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/backend/badger"
+	"github.com/axon-kv/axon/mvcc"
 )
 
 type recorder struct {
@@ -32,7 +33,14 @@ func openSeq(t testing.TB, dir string) (*Sequencer, backend.Backend, *recorder) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(be, Options{})
+	if err := mvcc.Recover(be, nil); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := mvcc.LoadIndex(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(be, idx, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,13 +10,13 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/axon-kv/axon/lease"
 	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/proto/axonpb"
 	"github.com/axon-kv/axon/revision"
 )
 
@@ -52,7 +52,7 @@ func (s *Server) becomeLeader(term int64) error {
 		opts.Fence = s.elector.Fence
 		opts.FenceLost = s.elector.StepDown
 	}
-	seq, err := revision.New(s.be, opts)
+	seq, err := revision.New(s.be, s.idx, opts)
 	if err != nil {
 		s.startTail()
 		return err
@@ -66,7 +66,7 @@ func (s *Server) becomeLeader(term int64) error {
 		s.startTail()
 		return err
 	}
-	err = s.leases.Load(snap)
+	err = s.leases.Load(snap, s.idx.Leased)
 	snap.Close()
 	if err != nil {
 		s.startTail()
@@ -126,8 +126,11 @@ func (s *Server) stopTail() {
 	}
 }
 
-// tailOnce publishes every stored revision the hub has not seen.
+// tailOnce applies every stored revision the index has not seen and
+// publishes it to the hub.
 func (s *Server) tailOnce() error {
+	s.tailMu.Lock()
+	defer s.tailMu.Unlock()
 	snap, err := s.be.Snapshot()
 	if err != nil {
 		return err
@@ -138,17 +141,34 @@ func (s *Server) tailOnce() error {
 	if err != nil {
 		return err
 	}
+	if _, icomp := s.idx.Rev(); comp > icomp {
+		mvcc.CompactIndex(s.idx, comp)
+	}
 	if comp > s.hub.CompactRev() {
 		s.hub.Compacted(comp)
 	}
-	from := s.hub.Rev() + 1
+	irev, _ := s.idx.Rev()
+	from := irev + 1
 	if cur < from {
 		return nil
 	}
-	return r.Events(from, cur, true, func(rev int64, evs []*mvccpb.Event) error {
-		s.hub.Publish(rev, evs)
+	err = r.Records(from, cur, func(rec *axonpb.RevisionRecord) error {
+		// Events first: their prev_kv is read from the store, not the index.
+		evs, err := r.RecordEvents(rec, rec.Revision != comp)
+		if err != nil {
+			return err
+		}
+		s.idx.Apply(rec.Revision, rec)
+		if rec.Revision > s.hub.Rev() {
+			s.hub.Publish(rec.Revision, evs)
+		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	s.idx.Apply(cur)
+	return nil
 }
 
 // hasLeader reports whether writes can be served now.
@@ -274,6 +294,7 @@ func defaultNodeID(cfg Config) string {
 // roleState is the part of Server that changes with leadership.
 type roleState struct {
 	roleMu   sync.Mutex
+	tailMu   sync.Mutex // one tailOnce at a time: it moves the index
 	tailStop func()
 	connMu   sync.Mutex
 	conns    map[string]*grpc.ClientConn

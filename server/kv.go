@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/revision"
 )
@@ -41,18 +40,31 @@ func (k *kvService) tooLarge(m proto.Message) error {
 	return nil
 }
 
-// view opens a snapshot and reads its revisions.
-func (k *kvService) view() (backend.Snapshot, int64, int64, error) {
-	snap, err := k.s.be.Snapshot()
-	if err != nil {
-		return nil, 0, 0, status.Error(codes.Unavailable, err.Error())
+// view returns a consistent read view: the index's revision, then a
+// snapshot, which holds everything the index names at that revision. The
+// compacted revision is read after the snapshot, so a physical compaction
+// the snapshot no longer sees can only concern revisions reads already
+// refuse. A follower first catches its index up with the store for a
+// linearizable read, as etcd's ReadIndex.
+func (k *kvService) view(serializable bool) (mvcc.IndexSource, int64, int64, error) {
+	s := k.s
+	if !serializable && s.writer() == nil && s.multiNode() {
+		if err := s.tailOnce(); err != nil {
+			return mvcc.IndexSource{}, 0, 0, status.Error(codes.Unavailable, err.Error())
+		}
 	}
-	cur, comp, err := mvcc.Reader{Snap: snap}.Meta()
-	if err != nil {
-		snap.Close()
-		return nil, 0, 0, status.Error(codes.Internal, err.Error())
+	for {
+		cur, _ := s.idx.Rev()
+		snap, err := s.be.Snapshot()
+		if err != nil {
+			return mvcc.IndexSource{}, 0, 0, status.Error(codes.Unavailable, err.Error())
+		}
+		_, comp := s.idx.Rev()
+		if comp <= cur {
+			return mvcc.IndexSource{Idx: s.idx, Snap: snap}, cur, comp, nil
+		}
+		snap.Close() // compacted past cur in between: read at a newer revision
 	}
-	return snap, cur, comp, nil
 }
 
 // Range reads one backend snapshot. A snapshot taken after a write was
@@ -61,12 +73,12 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
-	snap, cur, comp, err := k.view()
+	src, cur, comp, err := k.view(r.Serializable)
 	if err != nil {
 		return nil, err
 	}
-	defer snap.Close()
-	resp, err := mvcc.ExecRange(mvcc.SnapshotSource{Snap: snap, Current: cur}, r, cur, comp)
+	defer src.Snap.Close()
+	resp, err := mvcc.ExecRange(src, r, cur, comp)
 	if err != nil {
 		return nil, err
 	}
@@ -90,13 +102,13 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 	if mvcc.HasRevisionFilters(r) {
 		return status.Error(codes.Unimplemented, "RangeStream does not support revision filters")
 	}
-	snap, cur, comp, err := k.view()
+	src, cur, comp, err := k.view(r.Serializable)
 	if err != nil {
 		return err
 	}
-	defer snap.Close()
+	defer src.Snap.Close()
 	if r.CountOnly {
-		resp, err := mvcc.ExecRange(mvcc.SnapshotSource{Snap: snap, Current: cur}, r, cur, comp)
+		resp, err := mvcc.ExecRange(src, r, cur, comp)
 		if err != nil {
 			return err
 		}
@@ -107,38 +119,35 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 	if err != nil {
 		return err
 	}
-	var (
-		chunk   []*mvccpb.KeyValue
-		size    int
-		sent    int64
-		count   int64
-		sendErr error
-	)
-	err = mvcc.SnapshotSource{Snap: snap, Current: cur}.Scan(r.Key, r.RangeEnd, rev, func(key, val []byte) error {
-		count++
-		if r.Limit > 0 && sent+int64(len(chunk)) >= r.Limit {
-			return nil // past the limit only the count matters
-		}
-		kv, err := mvcc.DecodeKV(val)
-		if err != nil {
-			return err
-		}
-		if r.KeysOnly {
-			kv.Value, kv.Lease = nil, 0 // as etcd's index-only keys_only read
-		}
-		chunk = append(chunk, mvcc.ToEtcd(append([]byte(nil), key...), kv))
-		size += len(key) + len(kv.Value) + 32
-		if size >= streamChunkBytes {
-			if sendErr = stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: chunk}}); sendErr != nil {
-				return sendErr
-			}
-			sent += int64(len(chunk))
-			chunk, size = nil, 0
-		}
-		return nil
-	})
+	want := -1
+	if r.Limit > 0 {
+		want = int(r.Limit)
+	}
+	entries, count, err := src.Entries(r.Key, r.RangeEnd, rev, want)
 	if err != nil {
 		return err
+	}
+	var (
+		chunk []*mvccpb.KeyValue
+		size  int
+	)
+	for _, e := range entries {
+		kv := &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
+		if !r.KeysOnly { // keys_only answers come from the index, without leases, as etcd's
+			st, err := src.Load(e)
+			if err != nil {
+				return err
+			}
+			kv.Value, kv.Lease = st.Value, st.Lease
+		}
+		chunk = append(chunk, kv)
+		size += len(kv.Key) + len(kv.Value) + 32
+		if size >= streamChunkBytes {
+			if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: chunk}}); err != nil {
+				return err
+			}
+			chunk, size = nil, 0
+		}
 	}
 	last := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, Kvs: chunk, Count: count}
 	last.More = r.Limit > 0 && count > r.Limit

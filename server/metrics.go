@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -12,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/axon-kv/axon/backend"
-	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/revision"
 )
 
@@ -51,26 +49,14 @@ type metrics struct {
 	leaseGranted  prometheus.Counter
 	quotaRejected prometheus.Counter
 	watchRefused  prometheus.Counter
-
-	keysMu    sync.Mutex
-	keysTTL   time.Duration
-	keys      float64
-	keysAt    time.Time
-	keysRev   int64
-	keysValid bool
 }
-
-// defaultKeysTTL is how long a counted number of keys is reused once the
-// revision moved: counting is a keys-only scan of every live key.
-const defaultKeysTTL = 30 * time.Second
 
 // latencyBuckets are etcd's disk latency buckets: 1 ms to about 8 s.
 var latencyBuckets = prometheus.ExponentialBuckets(0.001, 2, 14)
 
 func newMetrics() *metrics {
 	m := &metrics{
-		keysTTL: defaultKeysTTL,
-		reg:     prometheus.NewRegistry(),
+		reg: prometheus.NewRegistry(),
 		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}))),
 		backendCommit: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -191,33 +177,8 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if leading {
 		gauge(descLeases, float64(s.leases.Len()))
 	}
-	if n, ok := s.metrics.countKeys(s.be, s.hub.Rev()); ok {
-		gauge(descKeys, n)
-	}
+	gauge(descKeys, float64(s.idx.Live())) // the key index counts them
 	gauge(descAlarm, b2f(s.quota.alarmed()))
-}
-
-// countKeys counts live keys, reusing the last count while the revision
-// has not moved or the count is younger than keysTTL.
-func (m *metrics) countKeys(be backend.Backend, rev int64) (float64, bool) {
-	m.keysMu.Lock()
-	defer m.keysMu.Unlock()
-	if m.keysValid && (m.keysRev == rev || time.Since(m.keysAt) < m.keysTTL) {
-		return m.keys, true
-	}
-	snap, err := be.Snapshot()
-	if err != nil {
-		return 0, false
-	}
-	defer snap.Close()
-	start, end := mvcc.LatestRange([]byte{}, []byte{0})
-	n := 0
-	err = snap.Scan(start, end, backend.ScanOptions{KeysOnly: true}, func(_, _ []byte) error { n++; return nil })
-	if err != nil {
-		return 0, false
-	}
-	m.keys, m.keysAt, m.keysRev, m.keysValid = float64(n), time.Now(), rev, true
-	return m.keys, true
 }
 
 // leaseCounter counts grants this member served as leader (a follower

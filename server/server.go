@@ -46,6 +46,7 @@ type Server struct {
 	be      backend.Backend
 	ownsBE  bool
 	seq     atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
+	idx     *mvcc.Index                        // committed keys by revision; readers start here
 	hub     *watch.Hub
 	leases  *lease.Manager
 	elector *leader.Elector
@@ -126,15 +127,22 @@ func (s *Server) recover() error {
 	if !s.multiNode() {
 		s.clusterID = hashID("axon-cluster:" + s.cfg.DataDir)
 	}
-	snap, err := s.be.Snapshot()
-	if err != nil {
-		return err
+	if !s.multiNode() {
+		// One node writes alone: an unfinished revision is rolled back
+		// before the index is built. Nodes sharing a backend leave that to
+		// whoever leads, behind its fence.
+		if err := mvcc.Recover(s.be, nil); err != nil {
+			return fmt.Errorf("load state: %w", err)
+		}
 	}
-	cur, comp, err := mvcc.Reader{Snap: snap}.Meta()
-	snap.Close()
+	start := time.Now()
+	idx, err := mvcc.LoadIndex(s.be)
 	if err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
+	s.idx = idx
+	cur, comp := idx.Rev()
+	s.cfg.Logger.Info("built the key index", "keys", idx.Len(), "live", idx.Live(), "revision", cur, "took", time.Since(start).String())
 	s.hub = watch.NewHub(history{s.be}, watch.Options{CurrentRev: cur, CompactedRev: comp})
 	s.leases = lease.NewManager(leaseWriter{s}, lease.Options{Logger: s.cfg.Logger})
 	if !s.multiNode() {

@@ -252,27 +252,12 @@ func RestoreSnapshot(r io.ReadSeeker, size int64, be backend.Backend) (SnapshotI
 	if _, err := r.Seek(0, io.SeekStart); err != nil {
 		return SnapshotInfo{}, err
 	}
-	const maxOps, maxBytes = 1000, 4 << 20
-	var b backend.Batch
-	flush := func() error {
-		if b.Len() == 0 {
-			return nil
-		}
-		err := be.Commit(&b)
-		b = backend.Batch{}
-		return err
-	}
-	info, err := ReadSnapshot(r, size, func(k, v []byte) error {
-		b.Put(append([]byte(nil), k...), append([]byte(nil), v...))
-		if b.Len() >= maxOps || b.Bytes() >= maxBytes {
-			return flush()
-		}
-		return nil
-	})
+	l := mvcc.NewLoader(be)
+	info, err := ReadSnapshot(r, size, l.Put)
 	if err != nil {
 		return info, err
 	}
-	return info, flush()
+	return info, l.Flush()
 }
 
 // Snapshot streams a snapshot of the backend (see the format above),

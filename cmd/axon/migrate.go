@@ -16,7 +16,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/backend/badger"
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/server"
@@ -170,11 +169,7 @@ func serveNewDataDir(dataDir string, rev int64) (*server.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	var b backend.Batch
-	for _, k := range [][]byte{mvcc.MetaRevision, mvcc.MetaCompacted, mvcc.MetaCompactDone} {
-		b.Put(k, mvcc.EncodeRev(rev))
-	}
-	err = be.Commit(&b)
+	err = mvcc.InitStore(be, rev)
 	if cerr := be.Close(); err == nil {
 		err = cerr
 	}

@@ -1,0 +1,330 @@
+package mvcc_test
+
+import (
+	"errors"
+	"fmt"
+	"math/rand"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/axon-kv/axon/backend"
+	"github.com/axon-kv/axon/backend/badger"
+	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/proto/axonpb"
+)
+
+// model is the obviously right MVCC store the index is checked against:
+// every state of every key, never forgotten.
+type model struct {
+	states map[string][]modelState // ascending revision
+}
+
+type modelState struct {
+	rev, create, ver int64
+	deleted          bool
+	value            string
+}
+
+func (m *model) at(key string, rev int64) (modelState, bool) {
+	var best *modelState
+	for i := range m.states[key] {
+		if s := &m.states[key][i]; s.rev <= rev {
+			best = s
+		}
+	}
+	if best == nil || best.deleted {
+		return modelState{}, false
+	}
+	return *best, true
+}
+
+func (m *model) latest(key string) (modelState, bool) {
+	st := m.states[key]
+	if len(st) == 0 || st[len(st)-1].deleted {
+		return modelState{}, false
+	}
+	return st[len(st)-1], true
+}
+
+// store writes one revision through mvcc as the writer does and applies it
+// to the index and the model.
+type harness struct {
+	t    *testing.T
+	be   backend.Backend
+	idx  *mvcc.Index
+	m    *model
+	rev  int64
+	comp int64
+	keys []string
+}
+
+func newHarness(t *testing.T) *harness {
+	be, err := badger.Open(badger.Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	if err := mvcc.Recover(be, nil); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := mvcc.LoadIndex(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, be: be, idx: idx, m: &model{states: map[string][]modelState{}}, rev: 1}
+	for i := range 12 {
+		h.keys = append(h.keys, fmt.Sprintf("k%02d", i))
+	}
+	return h
+}
+
+type op struct {
+	key string
+	del bool
+}
+
+// revision commits ops as one revision (a key may appear twice: deleted
+// and created again, or created and deleted, in one transaction).
+func (h *harness) revision(ops []op, flushOps int) {
+	rev := h.rev + 1
+	tx := mvcc.NewWriteTxn(h.be, mvcc.WriteOptions{FlushOps: flushOps})
+	rec := &axonpb.RevisionRecord{Revision: rev}
+	for _, o := range ops {
+		cur, live := h.m.latest(o.key)
+		if n := len(h.m.states[o.key]); n > 0 && h.m.states[o.key][n-1].rev == rev {
+			cur, live = h.m.states[o.key][n-1], !h.m.states[o.key][n-1].deleted
+		}
+		if o.del {
+			if !live {
+				continue
+			}
+			if err := tx.Delete([]byte(o.key), rev); err != nil {
+				h.t.Fatal(err)
+			}
+			rec.Changes = append(rec.Changes, &axonpb.Change{Delete: true, Key: []byte(o.key), Kv: &axonpb.KeyValue{ModRevision: rev}})
+			h.m.states[o.key] = append(h.m.states[o.key], modelState{rev: rev, deleted: true})
+			continue
+		}
+		kv := &axonpb.KeyValue{Value: []byte(fmt.Sprintf("v%d", rev)), ModRevision: rev, CreateRevision: rev, Version: 1}
+		if live {
+			kv.CreateRevision, kv.Version = cur.create, cur.ver+1
+		}
+		if err := tx.Put([]byte(o.key), kv); err != nil {
+			h.t.Fatal(err)
+		}
+		rec.Changes = append(rec.Changes, &axonpb.Change{Key: []byte(o.key), Kv: kv})
+		h.m.states[o.key] = append(h.m.states[o.key], modelState{rev: rev, create: kv.CreateRevision, ver: kv.Version, value: string(kv.Value)})
+	}
+	if len(rec.Changes) == 0 {
+		return
+	}
+	tx.EndRevision()
+	if err := tx.Commit(rev, true); err != nil {
+		h.t.Fatal(err)
+	}
+	h.idx.Apply(rev, rec)
+	h.rev = rev
+}
+
+func (h *harness) compact(rev int64) {
+	h.idx.SetCompacted(rev)
+	if err := mvcc.CompactHistory(h.be, h.idx, rev, 3, nil); err != nil {
+		h.t.Fatal(err)
+	}
+	h.comp = rev
+}
+
+// check compares idx with the model at every readable revision, and reads
+// every state the index names from the store.
+func (h *harness) check(idx *mvcc.Index, what string) {
+	h.t.Helper()
+	snap, err := h.be.Snapshot()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer snap.Close()
+	src := mvcc.IndexSource{Idx: idx, Snap: snap}
+	for rev := max(h.comp, 1); rev <= h.rev; rev++ {
+		var want []string
+		for _, k := range h.keys {
+			if s, ok := h.m.at(k, rev); ok {
+				want = append(want, fmt.Sprintf("%s c=%d m=%d v=%d %s", k, s.create, s.rev, s.ver, s.value))
+			}
+		}
+		es, n, err := src.Entries([]byte("k"), []byte("l"), rev, -1)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		var got []string
+		for _, e := range es {
+			kv, err := src.Load(e)
+			if err != nil {
+				h.t.Fatalf("%s: rev %d: load %s@%d: %v", what, rev, e.Key, e.Mod, err)
+			}
+			got = append(got, fmt.Sprintf("%s c=%d m=%d v=%d %s", e.Key, e.Create, e.Mod, e.Version, kv.Value))
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") || n != int64(len(want)) {
+			h.t.Fatalf("%s: at revision %d (compacted %d) count %d\ngot:\n%s\nwant:\n%s", what, rev, h.comp, n, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+}
+
+// The index answers like the model at every revision above the compacted
+// one, through deletions and re-creations within one revision, partial
+// batches, compactions, and a rebuild from the store.
+func TestIndexMatchesModel(t *testing.T) {
+	for seed := int64(1); seed <= 5; seed++ {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			h := newHarness(t)
+			r := rand.New(rand.NewSource(seed))
+			for step := 0; step < 400; step++ {
+				var ops []op
+				switch x := r.Intn(10); {
+				case x < 6:
+					ops = []op{{key: h.keys[r.Intn(len(h.keys))], del: r.Intn(4) == 0}}
+				case x < 8: // delete and create again, or create and delete
+					k := h.keys[r.Intn(len(h.keys))]
+					first := r.Intn(2) == 0
+					ops = []op{{key: k, del: first}, {key: k, del: !first}}
+				default: // many keys in one revision
+					for _, k := range h.keys {
+						if r.Intn(2) == 0 {
+							ops = append(ops, op{key: k, del: r.Intn(3) == 0})
+						}
+					}
+				}
+				h.revision(ops, 1+r.Intn(4))
+				if r.Intn(25) == 0 && h.rev > h.comp {
+					h.compact(h.comp + 1 + r.Int63n(h.rev-h.comp))
+				}
+				if step%40 == 0 {
+					h.check(h.idx, "live index")
+				}
+			}
+			h.check(h.idx, "live index")
+			rebuilt, err := mvcc.LoadIndex(h.be)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rebuilt.SetCompacted(h.comp)
+			h.check(rebuilt, "rebuilt index")
+			if rebuilt.Live() != h.idx.Live() {
+				t.Fatalf("live keys: rebuilt %d, live %d", rebuilt.Live(), h.idx.Live())
+			}
+			// Compacting everything leaves one state per live key.
+			h.compact(h.rev)
+			h.check(h.idx, "after full compaction")
+			n := 0
+			snap, _ := h.be.Snapshot()
+			defer snap.Close()
+			snap.Scan([]byte("h"), []byte("i"), backend.ScanOptions{KeysOnly: true}, func(_, _ []byte) error { n++; return nil })
+			if int64(n) != h.idx.Live() {
+				t.Fatalf("%d history entries after full compaction, want %d (one per live key)", n, h.idx.Live())
+			}
+		})
+	}
+}
+
+// A revision written in several batches and never committed is invisible
+// and rolled back at open.
+func TestUnfinishedRevisionRolledBack(t *testing.T) {
+	h := newHarness(t)
+	h.revision([]op{{key: "k00"}, {key: "k01"}}, 100)
+	tx := mvcc.NewWriteTxn(h.be, mvcc.WriteOptions{FlushOps: 2})
+	for i := range 9 {
+		kv := &axonpb.KeyValue{Value: []byte("x"), ModRevision: 3, CreateRevision: 3, Version: 1}
+		if err := tx.Put([]byte(fmt.Sprintf("p%02d", i)), kv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !tx.Flushed() {
+		t.Fatal("nothing flushed ahead of the commit")
+	}
+	// Crash: no Commit. A rebuilt index does not see revision 3.
+	idx, err := mvcc.LoadIndex(h.be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev, _ := idx.Rev(); rev != 2 || idx.Len() != 2 {
+		t.Fatalf("index after crash: rev %d, %d keys; want 2, 2", rev, idx.Len())
+	}
+	if err := mvcc.Recover(h.be, nil); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := h.be.Snapshot()
+	defer snap.Close()
+	var left []string
+	snap.Scan(nil, nil, backend.ScanOptions{KeysOnly: true}, func(k, _ []byte) error {
+		if k[0] == 'h' || k[0] == 'r' {
+			left = append(left, fmt.Sprintf("%q", k))
+		}
+		return nil
+	})
+	sort.Strings(left)
+	if len(left) != 3 { // k00, k01 and the record of revision 2
+		t.Fatalf("after rollback the store holds %d entries: %v", len(left), left)
+	}
+}
+
+// A store of another format is refused with both versions named.
+func TestFormatRefused(t *testing.T) {
+	for name, setup := range map[string]func(b *backend.Batch){
+		"format 1": func(b *backend.Batch) {
+			b.Put(mvcc.MetaRevision, mvcc.EncodeRev(7))
+			b.Put([]byte("k/registry/pods/a"), []byte{})
+		},
+		"format 1 latest keys only": func(b *backend.Batch) { b.Put([]byte("kfoo"), []byte{}) },
+		"format 3":                  func(b *backend.Batch) { b.Put(mvcc.MetaFormat, []byte("3")) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			be, err := badger.Open(badger.Options{InMemory: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer be.Close()
+			var b backend.Batch
+			setup(&b)
+			if err := be.Commit(&b); err != nil {
+				t.Fatal(err)
+			}
+			_, err = mvcc.LoadIndex(be)
+			if !errors.Is(err, mvcc.ErrFormat) || !strings.Contains(err.Error(), "format 2") {
+				t.Fatalf("LoadIndex = %v, want a format error naming format 2", err)
+			}
+			if name != "format 3" && !strings.Contains(err.Error(), "format 1") {
+				t.Fatalf("error %q does not name format 1", err)
+			}
+			if err := mvcc.Recover(be, nil); !errors.Is(err, mvcc.ErrFormat) {
+				t.Fatalf("Recover = %v, want a format error", err)
+			}
+		})
+	}
+}
+
+// BenchmarkIndexMemory reports the index's bytes per key for 1,000,000
+// 70-byte keys created once (the memory target's shape).
+func BenchmarkIndexMemory(b *testing.B) {
+	const n = 1_000_000
+	for range b.N {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		idx := mvcc.NewIndex(1, 0)
+		recs := make([]*axonpb.RevisionRecord, 0, 1000)
+		for i := range n {
+			key := fmt.Sprintf("/registry/configmaps/benchmark-namespace/object-%-30d", i)[:70]
+			rev := int64(i + 2)
+			recs = append(recs, &axonpb.RevisionRecord{Revision: rev, Changes: []*axonpb.Change{{Key: []byte(key), Kv: &axonpb.KeyValue{ModRevision: rev}}}})
+			if len(recs) == cap(recs) {
+				idx.Apply(rev, recs...)
+				recs = recs[:0]
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+		runtime.KeepAlive(idx)
+	}
+}

@@ -1,0 +1,194 @@
+package mvcc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/axon-kv/axon/backend"
+)
+
+// ErrFormat is wrapped by the error for a store of another storage format.
+var ErrFormat = errors.New("mvcc: unsupported storage format")
+
+// checkFormat refuses a store written in another format; fresh reports a
+// store that holds nothing yet.
+func checkFormat(snap backend.Snapshot) (fresh bool, err error) {
+	r := Reader{Snap: snap}
+	f, err := r.get(MetaFormat)
+	if err != nil {
+		return false, err
+	}
+	if f != nil {
+		v, perr := strconv.Atoi(string(f))
+		if perr != nil || v != FormatVersion {
+			return false, fmt.Errorf("%w: the store is in storage format %q, this axon reads format %d", ErrFormat, f, FormatVersion)
+		}
+		return false, nil
+	}
+	// Format 1 had no format key; it always had a revision or latest-state
+	// entries once anything was written.
+	old := false
+	if rev, err := r.get(MetaRevision); err != nil {
+		return false, err
+	} else if rev != nil {
+		old = true
+	}
+	err = snap.Scan([]byte{prefixLatestV1}, []byte{prefixLatestV1 + 1}, backend.ScanOptions{Limit: 1, KeysOnly: true}, func(_, _ []byte) error {
+		old = true
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	if old {
+		return false, fmt.Errorf("%w: the store is in storage format 1 (no format record), this axon reads format %d; "+
+			"copy it with `axon migrate` from a server of the version that wrote it", ErrFormat, FormatVersion)
+	}
+	return true, nil
+}
+
+// Recover prepares a store for a writer: it refuses another format,
+// records the format of a new store, and rolls back the batches of a
+// revision that was never committed (a crash in the middle of a revision
+// too large for one batch). fence guards the writes as the writer's own.
+func Recover(be backend.Backend, fence func() []backend.Condition) error {
+	snap, err := be.Snapshot()
+	if err != nil {
+		return err
+	}
+	defer snap.Close()
+	fresh, err := checkFormat(snap)
+	if err != nil {
+		return err
+	}
+	cur, _, err := Reader{Snap: snap}.Meta()
+	if err != nil {
+		return err
+	}
+	t := NewWriteTxn(be, WriteOptions{Fence: fence})
+	if fresh {
+		t.batch.Put(MetaFormat, []byte(strconv.Itoa(FormatVersion)))
+	}
+	rolled := 0
+	err = snap.Scan(RevisionKey(cur+1), []byte{prefixRevision + 1}, backend.ScanOptions{}, func(k, v []byte) error {
+		rec, err := DecodeRecord(v)
+		if err != nil {
+			return fmt.Errorf("mvcc: unfinished revision record %x: %w", k, err)
+		}
+		for _, c := range rec.Changes {
+			t.batch.Delete(HistoryKey(c.Key, rec.Revision))
+		}
+		t.batch.Delete(append([]byte(nil), k...))
+		rolled++
+		if t.batch.Len() >= t.opts.FlushOps {
+			return t.write()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mvcc: rolling back an unfinished revision: %w", err)
+	}
+	if t.batch.Len() == 0 {
+		return nil
+	}
+	if err := t.write(); err != nil {
+		return err
+	}
+	_ = rolled
+	return nil
+}
+
+// LoadIndex checks the store's format and builds the key index from the
+// history entries of one snapshot. Entries of an unfinished revision
+// (above m/revision) are left out.
+func LoadIndex(be backend.Backend) (*Index, error) {
+	snap, err := be.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Close()
+	if _, err := checkFormat(snap); err != nil {
+		return nil, err
+	}
+	cur, comp, err := Reader{Snap: snap}.Meta()
+	if err != nil {
+		return nil, err
+	}
+	x := NewIndex(cur, comp)
+	var (
+		k      *keyIndex
+		prefix []byte
+	)
+	finish := func() {
+		if k == nil {
+			return
+		}
+		if len(k.cur.revs) > 0 && !k.cur.tomb {
+			x.live++
+		} else {
+			k.lease = 0
+		}
+		x.tree.ReplaceOrInsert(k)
+		k = nil
+	}
+	start := time.Now()
+	err = snap.Scan([]byte{prefixHistory}, []byte{prefixHistory + 1}, backend.ScanOptions{}, func(bk, v []byte) error {
+		if len(bk) < 11 {
+			return fmt.Errorf("mvcc: malformed history key %x", bk)
+		}
+		rev := int64(binary.BigEndian.Uint64(bk[len(bk)-8:]))
+		if rev > cur {
+			return nil // an unfinished revision: not committed
+		}
+		p := bk[:len(bk)-8]
+		if k == nil || !bytes.Equal(p, prefix) {
+			finish()
+			prefix = append(prefix[:0], p...)
+			k = &keyIndex{key: string(userKeyOfHistoryPrefix(p))}
+		}
+		kv, err := decodeMeta(v)
+		if err != nil {
+			return fmt.Errorf("mvcc: history entry %x: %w", bk, err)
+		}
+		k.restore(rev, &kv)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	finish()
+	_ = start
+	return x, nil
+}
+
+// restore adds a stored state; a key's states come in revision order.
+func (k *keyIndex) restore(rev int64, kv *stateMeta) {
+	if kv.Deleted {
+		if k.cur.tomb && len(k.cur.revs) > 0 {
+			k.old = append(k.old, k.cur)
+			k.cur = generation{}
+		}
+		k.cur.revs = append(k.cur.revs, rev)
+		k.cur.tomb = true
+		return
+	}
+	if !k.cur.tomb && len(k.cur.revs) > 0 && kv.CreateRevision == rev {
+		// Deleted and created again in one transaction: only the new
+		// state is stored, the deletion is implied by its create revision.
+		k.cur.revs = append(k.cur.revs, rev)
+		k.cur.tomb = true
+	}
+	if k.cur.tomb || len(k.cur.revs) == 0 {
+		if len(k.cur.revs) > 0 {
+			k.old = append(k.old, k.cur)
+		}
+		k.cur = generation{created: kv.CreateRevision, ver: kv.Version, revs: []int64{rev}}
+	} else {
+		k.cur.revs = append(k.cur.revs, rev)
+	}
+	k.lease = kv.Lease
+}
