@@ -387,3 +387,66 @@ func TestCompareReport(t *testing.T) {
 		t.Fatalf("log:\n%s", log.String())
 	}
 }
+
+func TestConnsDefault(t *testing.T) {
+	for _, tc := range []struct{ clients, conns, want int }{
+		{0, 0, 8}, // 50 clients by default
+		{1, 0, 1},
+		{5, 0, 1},
+		{6, 0, 1},
+		{12, 0, 2},
+		{16, 0, 2},
+		{300, 0, 50},
+		{300, 1, 1},
+		{10, 7, 7},
+	} {
+		c := Config{Clients: tc.clients, Conns: tc.conns}.withDefaults()
+		if c.Conns != tc.want {
+			t.Errorf("clients %d conns %d: defaults to %d conns, want %d", tc.clients, tc.conns, c.Conns, tc.want)
+		}
+	}
+}
+
+// TestWorkloadsSpreadOverConns checks that every workload sends its
+// requests over all of its connections (Clients/6 by default), not one.
+func TestWorkloadsSpreadOverConns(t *testing.T) {
+	const clients, conns = 18, 3
+	for _, tc := range []struct {
+		workload string
+		cfg      Config
+	}{
+		{"create", Config{Total: 300}},
+		{"update", Config{Total: 300, KeySpace: 30}},
+		{"get", Config{Total: 300, KeySpace: 30}},
+		{"list", Config{Total: 300, Objects: 300, PageLimit: 100}},
+		{"watch", Config{Total: 300, Watchers: 30, WatchPrefixes: 3, WatchStreams: 2, WatchGrace: time.Millisecond}},
+		{"lease", Config{Total: 300, ExpireLeases: -1}},
+		{"mixed", Config{Total: 300}},
+		{"memory", Config{Objects: 3000, BatchSize: 10, Settle: time.Millisecond}},
+		{"interference", Config{Total: 300, Objects: 300, KeySpace: 30}},
+	} {
+		t.Run(tc.workload, func(t *testing.T) {
+			ns := startNull(t, nullserver.Options{TrackPeers: true})
+			cfg := tc.cfg
+			cfg.Endpoints = []string{ns.Addr()}
+			cfg.Clients = clients
+			r := runWL(t, tc.workload, cfg)
+			if r.Conns != conns {
+				t.Fatalf("result says %d conns, want %d", r.Conns, conns)
+			}
+			peers := ns.Peers()
+			if len(peers) != conns {
+				t.Fatalf("requests came over %d connections (%v), want %d", len(peers), peers, conns)
+			}
+			var total int64
+			for _, n := range peers {
+				total += n
+			}
+			for p, n := range peers {
+				if n < total/(conns*4) {
+					t.Fatalf("connection %s carried %d of %d requests: not spread round-robin (%v)", p, n, total, peers)
+				}
+			}
+		})
+	}
+}

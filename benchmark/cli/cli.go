@@ -64,7 +64,7 @@ type common struct {
 func (c *common) register(fs *pflag.FlagSet, withLoad bool) {
 	cfg := &c.cfg
 	fs.StringSliceVar(&cfg.Endpoints, "endpoints", []string{"127.0.0.1:2379"}, "comma-separated etcd v3 endpoints")
-	fs.IntVar(&cfg.Conns, "conns", 1, "gRPC connections the clients are spread over")
+	fs.IntVar(&cfg.Conns, "conns", 0, "gRPC connections the clients are spread over round-robin (default: clients/6, at least 1)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "timeout of each request")
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", 10*time.Second, "timeout of dialing and of waiting for the endpoints to answer")
 	fs.IntVar(&cfg.KeySize, "key-size", 70, "key size in bytes (/registry/<resource>/<namespace>/<name>)")
