@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -449,4 +450,91 @@ func TestWorkloadsSpreadOverConns(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestNullServerScale(t *testing.T) {
+	ns := startNull(t, nullserver.Options{})
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), make([]byte, 8192), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runWL(t, "scale", Config{Endpoints: []string{ns.Addr()}, Objects: 500, Clients: 12, Pid: os.Getpid(), DataDir: dir, Settle: time.Millisecond})
+	wantSeries(t, r, "load", 500, 0)
+	wantCounter(t, r, "objects_loaded", 500)
+	if got := ns.Txns.Load(); got != 500 {
+		t.Fatalf("server saw %d txns, want 500 (one create per object)", got)
+	}
+	if r.Conns != 2 || r.Gauges["rss_bytes"] <= 0 || r.Gauges["data_dir_bytes"] < 8192 || len(r.Notes) != 0 {
+		t.Fatalf("conns %d gauges %v notes %v", r.Conns, r.Gauges, r.Notes)
+	}
+	if !strings.HasPrefix(r.Params["prefix"], "/registry/configmaps-") {
+		t.Fatalf("params %v", r.Params)
+	}
+}
+
+// TestCompareScaleRestarts runs the scale step on two servers Compare
+// starts itself (this test binary as a null server, see TestMain): each is
+// measured alone on a fresh data dir, stopped, restarted and timed, and
+// the steps after it find the suite's servers running again.
+func TestCompareScaleRestarts(t *testing.T) {
+	const objects = 300
+	t.Setenv("AXON_BENCH_TEST_COUNT", strconv.Itoa(objects))
+	dir := t.TempDir()
+	var targets []Target
+	for _, name := range []string{"axon", "etcd"} {
+		addr := freePort(t)
+		targets = append(targets, Target{
+			Name: name, Endpoints: []string{addr}, DataDir: filepath.Join(dir, name+"-data"),
+			Command: []string{"env", "AXON_BENCH_TEST_SERVER=" + addr, os.Args[0], DataDirPlaceholder},
+		})
+	}
+	steps := []Step{
+		{Name: "create", Workload: "create", Apply: func(c *Config) { c.Total = 20 }},
+		{Name: "scale", Workload: "scale", Apply: func(c *Config) { c.Objects = objects; c.Clients = 12; c.Settle = time.Millisecond }},
+		{Name: "create-again", Workload: "create", Apply: func(c *Config) { c.Total = 20 }},
+	}
+	var log, prog bytes.Buffer
+	cmp, err := Compare(context.Background(), CompareOptions{
+		Targets: targets, Steps: steps, Base: Config{Clients: 2, Progress: &prog},
+		Pause: time.Millisecond, Log: &log, ServerLogDir: dir,
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, prog.String())
+	}
+	for _, name := range []string{"axon", "etcd"} {
+		r := cmp.Steps[1].Result(name)
+		if r == nil || r.Error != "" {
+			t.Fatalf("scale %s: %+v\n%s", name, r, prog.String())
+		}
+		wantCounter(t, r, "objects_loaded", objects)
+		wantCounter(t, r, "objects_after_restart", objects)
+		for _, g := range []string{"rss_bytes", "data_dir_bytes", "restart_s", "stop_s", "rss_after_restart_bytes"} {
+			if r.Gauges[g] <= 0 {
+				t.Fatalf("scale %s: gauge %s missing: %v notes %v", name, g, r.Gauges, r.Notes)
+			}
+		}
+		if len(r.Notes) != 0 {
+			t.Fatalf("scale %s notes: %v", name, r.Notes)
+		}
+		if a := cmp.Steps[2].Result(name); a == nil || a.Error != "" || a.Primary().Ops != 20 {
+			t.Fatalf("create after scale on %s: %+v", name, a)
+		}
+	}
+	for _, want := range []string{"stopping axon", "stopping etcd", "serving linearizable reads"} {
+		if !strings.Contains(prog.String(), want) {
+			t.Errorf("progress lacks %q:\n%s", want, prog.String())
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*-scale-*")); len(m) != 0 {
+		t.Fatalf("scale data dirs left behind: %v", m)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "axon.log")); err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	cmp.WriteTable(&table)
+	if !strings.Contains(table.String(), "restart s") || !strings.Contains(table.String(), "axon/etcd") {
+		t.Fatalf("table:\n%s", table.String())
+	}
+	t.Log("\n" + table.String())
 }
