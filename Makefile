@@ -37,6 +37,7 @@ clean:
 # Benchmark Axon (Badger, fsync on) against a real etcd and the null server
 # on loopback: writes bench-results/report.html and prints the table. Knobs:
 # BENCH_DURATION per timed step, BENCH_OBJECTS for the memory step,
+# BENCH_SCALE_OBJECTS for the scale step (default 1000000),
 # BENCH_SUITE (standard, quick, full), BENCH_STEPS (e.g. create,list),
 # BENCH_WATCHERS, BENCH_WATCH_RATE, BENCH_OUT. See benchmark/README.md.
 .PHONY: bench-compare

@@ -6,19 +6,27 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Target is one server to compare: a name, its endpoints and, optionally,
-// its process id and data directory for the memory step.
+// its process id and data directory for the memory and scale steps. With a
+// Command, Compare starts the server itself (on DataDir), knows its pid,
+// stops it while other targets run the scale step and measures its restart.
 type Target struct {
 	Name      string   `json:"name"`
 	Endpoints []string `json:"endpoints"`
 	Pid       int      `json:"pid,omitempty"`
 	DataDir   string   `json:"data_dir,omitempty"`
+	// Command starts the server; DataDirPlaceholder ("{data-dir}") in it
+	// stands for the data directory.
+	Command []string `json:"command,omitempty"`
 }
 
 // ParseTarget reads "name=endpoint[,endpoint...][,pid=N][,data-dir=PATH]".
@@ -73,6 +81,12 @@ type SuiteOptions struct {
 	// InterferenceObjects is how many objects the interference step's
 	// unpaginated lists read (100,000; suite "full" only).
 	InterferenceObjects int
+	// ScaleObjects is how many objects the scale step creates, one per
+	// request (1,000,000).
+	ScaleObjects int
+	// ScaleClients is how many clients create them (300, over Clients/6
+	// connections unless Conns is set).
+	ScaleClients int
 }
 
 func (o SuiteOptions) withDefaults() SuiteOptions {
@@ -94,6 +108,12 @@ func (o SuiteOptions) withDefaults() SuiteOptions {
 	if o.InterferenceObjects == 0 {
 		o.InterferenceObjects = 100000
 	}
+	if o.ScaleObjects == 0 {
+		o.ScaleObjects = 1000000
+	}
+	if o.ScaleClients == 0 {
+		o.ScaleClients = 300
+	}
 	return o
 }
 
@@ -104,7 +124,8 @@ var Suites = []string{"standard", "full", "quick"}
 //
 //	standard  create and update at 300 clients, get (linearizable and
 //	          serializable) at 100, list of ListObjects with limit 500 at 8,
-//	          watch (Watchers on WatchPrefixes, 10 writers), memory
+//	          watch (Watchers on WatchPrefixes, 10 writers), memory, scale
+//	          (ScaleObjects creates, then RSS, data dir and restart time)
 //	full      standard plus mixed, lease and interference (update p99 at 100
 //	          clients while 4 clients LIST InterferenceObjects unpaginated)
 //	quick     standard at a tenth of the sizes, for trying things out
@@ -116,6 +137,7 @@ func Suite(name string, o SuiteOptions) ([]Step, error) {
 		o.ListObjects = max(o.ListObjects/10, 1000)
 		o.Watchers = max(o.Watchers/10, 100)
 		o.WatchPrefixes = max(o.WatchPrefixes/10, 10)
+		o.ScaleObjects = max(o.ScaleObjects/10, 1000)
 	}
 	timed := func(clients int, more func(c *Config)) func(*Config) {
 		return func(c *Config) {
@@ -158,6 +180,11 @@ func Suite(name string, o SuiteOptions) ([]Step, error) {
 	steps = append(steps, Step{Name: "memory", Workload: "memory", Apply: func(c *Config) {
 		c.Clients = 16
 		c.Objects = o.MemoryObjects
+	}}, Step{Name: "scale", Workload: "scale", Apply: func(c *Config) {
+		c.Clients = o.ScaleClients
+		c.Objects = o.ScaleObjects
+		c.Total = 0
+		c.Duration = 0
 	}})
 	return steps, nil
 }
@@ -244,20 +271,40 @@ type CompareOptions struct {
 	Pause time.Duration
 	// Log receives each run's text summary (nil: none).
 	Log io.Writer
+	// ServerLogDir receives NAME.log, the output of each server Compare
+	// starts (Target.Command); "" discards it.
+	ServerLogDir string
+	// StopTimeout bounds a server's exit after SIGTERM before SIGKILL
+	// (1 min); RestartTimeout the scale step's wait for a linearizable read
+	// after restarting (10 min).
+	StopTimeout, RestartTimeout time.Duration
+	// KeepScaleData keeps the scale step's data directories (removed after
+	// measuring by default).
+	KeepScaleData bool
 }
 
 // Compare runs every step on every target in turn (step by step, so that
 // all targets see the machine in the same state) and returns the results.
+//
+// Targets with a Command are started here (on their DataDir) and stopped
+// at the end. The scale step runs on one target at a time with every
+// started server stopped but the one measured, which runs on a fresh data
+// directory next to its DataDir (removed afterwards unless KeepScaleData);
+// later steps restart the suite's servers as needed.
 func Compare(ctx context.Context, o CompareOptions) (*Comparison, error) {
 	if len(o.Targets) == 0 {
 		return nil, fmt.Errorf("no targets")
 	}
+	o.Targets = append([]Target(nil), o.Targets...)
 	seen := map[string]bool{}
 	for _, t := range o.Targets {
 		if seen[t.Name] {
 			return nil, fmt.Errorf("target %q given twice", t.Name)
 		}
 		seen[t.Name] = true
+		if t.DataDir == "" && strings.Contains(strings.Join(t.Command, " "), DataDirPlaceholder) {
+			return nil, fmt.Errorf("target %s: its command uses %s but it has no data-dir", t.Name, DataDirPlaceholder)
+		}
 	}
 	if o.Baseline == "" && seen["etcd"] {
 		o.Baseline = "etcd"
@@ -277,21 +324,34 @@ func Compare(ctx context.Context, o CompareOptions) (*Comparison, error) {
 	if o.Pause == 0 {
 		o.Pause = time.Second
 	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = time.Minute
+	}
+	if o.RestartTimeout == 0 {
+		o.RestartTimeout = 10 * time.Minute
+	}
+	c := &comparer{o: o, procs: map[string]*ServerProc{}, stopped: map[string]bool{}}
+	defer c.stopAll()
+	for i, t := range o.Targets {
+		if len(t.Command) == 0 {
+			continue
+		}
+		p := &ServerProc{Argv: t.Command}
+		if o.ServerLogDir != "" {
+			p.LogPath = filepath.Join(o.ServerLogDir, t.Name+".log")
+		}
+		c.progressf("[%s] starting: %s", t.Name, strings.Join(t.Command, " "))
+		if err := p.Start(t.DataDir); err != nil {
+			return nil, fmt.Errorf("target %s: start: %w", t.Name, err)
+		}
+		c.procs[t.Name] = p
+		o.Targets[i].Pid = p.Pid()
+	}
 	cmp := &Comparison{Suite: o.Suite, Started: time.Now(), Host: hostInfo(), Targets: o.Targets, Baseline: o.Baseline, Ceiling: o.Ceiling}
 
 	for _, t := range o.Targets {
-		cfg := o.Base
-		cfg.Endpoints = t.Endpoints
-		cfg.Conns = 1
-		cfg = cfg.withDefaults()
-		clients, err := Connect(ctx, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("target %s: %w", t.Name, err)
-		}
-		err = WaitReady(ctx, clients[0], t.Endpoints, o.ReadyTimeout)
-		_ = clients[0].Close()
-		if err != nil {
-			return nil, fmt.Errorf("target %s: %w", t.Name, err)
+		if err := c.waitReady(ctx, t); err != nil {
+			return nil, err
 		}
 	}
 
@@ -320,7 +380,21 @@ func Compare(ctx context.Context, o CompareOptions) (*Comparison, error) {
 			cfg.Label = st.Name
 			cfg.Pid = t.Pid
 			cfg.DataDir = t.DataDir
-			res, err := Run(ctx, st.Workload, cfg)
+			var res *Result
+			var err error
+			if st.Workload == "scale" {
+				res, err = c.scale(ctx, t, cfg)
+				if res == nil && err == nil {
+					continue // not a storage server: no data dir
+				}
+			} else {
+				if err = c.ensureRunning(ctx, t); err == nil {
+					if p := c.procs[t.Name]; p != nil {
+						cfg.Pid = p.Pid()
+					}
+					res, err = Run(ctx, st.Workload, cfg)
+				}
+			}
 			if err != nil {
 				res = &Result{Label: st.Name, Workload: st.Workload, Target: t.Name, Endpoints: t.Endpoints, Started: time.Now(), Error: err.Error()}
 			}
@@ -331,6 +405,184 @@ func Compare(ctx context.Context, o CompareOptions) (*Comparison, error) {
 		}
 	}
 	return cmp, nil
+}
+
+// comparer is the state of one Compare: the servers it started.
+type comparer struct {
+	o       CompareOptions
+	procs   map[string]*ServerProc
+	stopped map[string]bool // stopped by the harness, to be restarted on need
+}
+
+func (c *comparer) progressf(format string, args ...any) {
+	if w := c.o.Base.Progress; w != nil {
+		fmt.Fprintf(w, format+"\n", args...)
+	}
+}
+
+func (c *comparer) stopAll() {
+	for name, p := range c.procs {
+		if p.Running() {
+			if _, err := p.Stop(c.o.StopTimeout); err != nil {
+				c.progressf("[%s] stop: %v", name, err)
+			}
+		}
+	}
+}
+
+// waitReady waits until target t answers Maintenance.Status.
+func (c *comparer) waitReady(ctx context.Context, t Target) error {
+	cfg := c.o.Base
+	cfg.Endpoints = t.Endpoints
+	cfg.Conns = 1
+	cfg = cfg.withDefaults()
+	clients, err := Connect(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", t.Name, err)
+	}
+	defer clients[0].Close()
+	if err := WaitReady(ctx, clients[0], t.Endpoints, c.o.ReadyTimeout); err != nil {
+		if p := c.procs[t.Name]; p != nil && !p.Running() {
+			return fmt.Errorf("target %s: server exited (%v): %w", t.Name, p.ExitErr(), err)
+		}
+		return fmt.Errorf("target %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// ensureRunning restarts t's server on its DataDir if the harness stopped
+// it (for the scale step); a server that exited by itself is an error.
+func (c *comparer) ensureRunning(ctx context.Context, t Target) error {
+	p := c.procs[t.Name]
+	if p == nil || p.Running() {
+		return nil
+	}
+	if !c.stopped[t.Name] {
+		return fmt.Errorf("server %s exited during the run: %v", t.Name, p.ExitErr())
+	}
+	c.progressf("[%s] starting again on %s", t.Name, t.DataDir)
+	if err := p.Start(t.DataDir); err != nil {
+		return err
+	}
+	c.stopped[t.Name] = false
+	return c.waitReady(ctx, t)
+}
+
+// scale runs the scale step on t. A server the harness started runs alone,
+// on a fresh data directory: every other server is stopped first; after
+// the load it is stopped (SIGTERM) and started again on the same
+// directory, and the time until a linearizable Get succeeds is its
+// restart time. A target without a data dir is skipped (nil, nil).
+func (c *comparer) scale(ctx context.Context, t Target, cfg Config) (*Result, error) {
+	if t.DataDir == "" {
+		c.progressf("[scale %s] skipped: no data dir, not a storage server", t.Name)
+		return nil, nil
+	}
+	p := c.procs[t.Name]
+	if p == nil {
+		res, err := Run(ctx, "scale", cfg)
+		if err == nil {
+			res.Notes = append(res.Notes, "loaded into the running server: restart not measured and other servers not stopped (compare did not start it; see --server)")
+		}
+		return res, err
+	}
+	for name, q := range c.procs {
+		if q.Running() {
+			c.progressf("[scale %s] stopping %s (pid %d) while %s is measured", t.Name, name, q.Pid(), t.Name)
+			if _, err := q.Stop(c.o.StopTimeout); err != nil {
+				c.progressf("[scale %s] stop %s: %v", t.Name, name, err)
+			}
+			c.stopped[name] = true
+		}
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(filepath.Clean(t.DataDir)), filepath.Base(filepath.Clean(t.DataDir))+"-scale-")
+	if err != nil {
+		return nil, err
+	}
+	if !c.o.KeepScaleData {
+		defer os.RemoveAll(dir)
+	}
+	c.progressf("[scale %s] starting on a fresh data dir %s", t.Name, dir)
+	if err := p.Start(dir); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if p.Running() {
+			_, _ = p.Stop(c.o.StopTimeout)
+		}
+		c.stopped[t.Name] = true
+	}()
+	if err := c.waitReady(ctx, t); err != nil {
+		return nil, err
+	}
+	cfg.Pid, cfg.DataDir = p.Pid(), dir
+	res, err := Run(ctx, "scale", cfg)
+	if err != nil {
+		return nil, err
+	}
+	note := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		res.Notes = append(res.Notes, msg)
+		c.progressf("[scale %s] %s", t.Name, msg)
+	}
+	if res.Gauges == nil {
+		res.Gauges = map[string]float64{}
+	}
+	if ctx.Err() != nil {
+		return res, nil
+	}
+
+	c.progressf("[scale %s] stopping pid %d with SIGTERM", t.Name, p.Pid())
+	took, err := p.Stop(c.o.StopTimeout)
+	res.Gauges["stop_s"] = took.Seconds()
+	if err != nil {
+		note("stop: %v", err)
+	}
+	c.progressf("[scale %s] stopped in %.2fs; starting again on the same data dir", t.Name, took.Seconds())
+	start := time.Now()
+	if err := p.Start(dir); err != nil {
+		note("restart: %v", err)
+		return res, nil
+	}
+	if err := WaitServing(ctx, t.Endpoints, c.o.RestartTimeout); err != nil {
+		note("restart: %v", err)
+		return res, nil
+	}
+	restart := time.Since(start)
+	res.Gauges["restart_s"] = restart.Seconds()
+	c.progressf("[scale %s] serving linearizable reads %.2fs after the restart", t.Name, restart.Seconds())
+	if rss, _, err := ProcessMemory(p.Pid()); err == nil {
+		res.Gauges["rss_after_restart_bytes"] = float64(rss)
+	}
+	// The objects survived the restart: count them.
+	if prefix := res.Params["prefix"]; prefix != "" {
+		n, err := countPrefix(ctx, t.Endpoints, prefix, c.o.RestartTimeout)
+		if err != nil {
+			note("count after restart: %v", err)
+		} else {
+			res.Counters["objects_after_restart"] = n
+			if n != res.Counters["objects_loaded"] {
+				note("%d objects after the restart, %d loaded", n, res.Counters["objects_loaded"])
+			}
+		}
+	}
+	return res, nil
+}
+
+// countPrefix counts the keys under prefix (a count-only Range).
+func countPrefix(ctx context.Context, endpoints []string, prefix string, timeout time.Duration) (int64, error) {
+	clients, err := Connect(ctx, Config{Endpoints: endpoints, Conns: 1})
+	if err != nil {
+		return 0, err
+	}
+	defer clients[0].Close()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := clients[0].Get(cctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return resp.Count, nil
 }
 
 // Metric is one row of the comparison table.
@@ -379,6 +631,15 @@ func gaugeMiB(name string) func(*Result) (float64, bool) {
 	}
 }
 
+// loadRate is objects loaded per second of the run.
+func loadRate(r *Result) (float64, bool) {
+	n, ok := r.Counters["objects_loaded"]
+	if !ok || r.ElapsedSec <= 0 {
+		return 0, false
+	}
+	return float64(n) / r.ElapsedSec, true
+}
+
 func totalErrors(r *Result) (float64, bool) {
 	var n int64
 	for _, s := range r.Series {
@@ -415,16 +676,22 @@ func MetricsFor(workload string) []Metric {
 		}
 	case "memory":
 		return []Metric{
-			{Name: "load objects/s", HigherBetter: true, Value: func(r *Result) (float64, bool) {
-				n, ok := r.Counters["objects_loaded"]
-				if !ok || r.ElapsedSec <= 0 {
-					return 0, false
-				}
-				return float64(n) / r.ElapsedSec, true
-			}},
+			{Name: "load objects/s", HigherBetter: true, Value: loadRate},
 			{Name: "RSS MiB", Value: gaugeMiB("rss_bytes")},
 			{Name: "data dir MiB", Value: gaugeMiB("data_dir_bytes")},
 			{Name: "db size MiB", Value: gaugeMiB("db_size_bytes")},
+		}
+	case "scale":
+		return []Metric{
+			{Name: "load objects/s", HigherBetter: true, Value: loadRate},
+			{Name: "RSS MiB", Value: gaugeMiB("rss_bytes")},
+			{Name: "data dir MiB", Value: gaugeMiB("data_dir_bytes")},
+			{Name: "restart s", Value: func(r *Result) (float64, bool) {
+				v, ok := r.Gauges["restart_s"]
+				return v, ok
+			}, Fmt: fmtMs},
+			{Name: "RSS after restart MiB", Value: gaugeMiB("rss_after_restart_bytes")},
+			{Name: "errors", Value: totalErrors, Fmt: fmtCount},
 		}
 	case "interference":
 		return []Metric{

@@ -21,7 +21,9 @@ type Config struct {
 	// Clients is the number of concurrent request loops (default 50).
 	Clients int
 	// Conns is the number of gRPC connections (clientv3 clients) the
-	// request loops are spread over (default 1).
+	// request loops are spread over, round-robin (default Clients/6, at
+	// least 1: kube-apiserver opens one etcd client per resource type, and
+	// one shared connection would flatter the server under test).
 	Conns int
 	// Total bounds the number of operations; Duration bounds the time. When
 	// both are set the run stops at whichever comes first; when neither is,
@@ -118,7 +120,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	def(&c.Clients, 50)
-	def(&c.Conns, 1)
+	def(&c.Conns, DefaultConns(c.Clients))
 	def(&c.KeySize, 70)
 	def(&c.ValSize, 512)
 	def(&c.Namespaces, 100)
@@ -172,6 +174,12 @@ func (c Config) withDefaults() Config {
 		c.SampleInterval = 250 * time.Millisecond
 	}
 	return c
+}
+
+// DefaultConns is the number of gRPC connections the request loops are
+// spread over when Conns is not given: one per 6 clients, at least 1.
+func DefaultConns(clients int) int {
+	return max(clients/6, 1)
 }
 
 // DefaultMix is a kube-apiserver-like blend: mostly reads and

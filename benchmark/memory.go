@@ -97,35 +97,7 @@ func (m *memoryWL) finish(ctx context.Context, r *run) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	sctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	st, err := cli.Status(sctx, r.cfg.Endpoints[0])
-	cancel()
-	if err != nil {
-		r.note("status: %v", err)
-	} else {
-		r.gauge("db_size_bytes", float64(st.DbSize))
-		if st.DbSizeInUse > 0 {
-			r.gauge("db_size_in_use_bytes", float64(st.DbSizeInUse))
-		}
-	}
-	if r.cfg.Pid > 0 {
-		rss, hwm, err := ProcessMemory(r.cfg.Pid)
-		if err != nil {
-			r.note("resident memory of pid %d: %v", r.cfg.Pid, err)
-		} else {
-			r.gauge("rss_bytes", float64(rss))
-			r.gauge("rss_peak_bytes", float64(hwm))
-		}
-	}
-	if r.cfg.DataDir != "" {
-		alloc, apparent, err := DirSize(r.cfg.DataDir)
-		if err != nil {
-			r.note("size of %s: %v", r.cfg.DataDir, err)
-		} else {
-			r.gauge("data_dir_bytes", float64(alloc))
-			r.gauge("data_dir_apparent_bytes", float64(apparent))
-		}
-	}
+	measureServer(ctx, r, cli)
 	return nil
 }
 

@@ -181,6 +181,9 @@ func fmtGauge(name string, v float64) string {
 	if strings.HasSuffix(name, "_bytes") {
 		return fmt.Sprintf("%.1fMiB", v/(1<<20))
 	}
+	if strings.HasSuffix(name, "_s") {
+		return fmtMs(v) + "s"
+	}
 	return fmtNum(v)
 }
 

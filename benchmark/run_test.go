@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -386,4 +387,154 @@ func TestCompareReport(t *testing.T) {
 	if !strings.Contains(log.String(), "== create @ axon") {
 		t.Fatalf("log:\n%s", log.String())
 	}
+}
+
+func TestConnsDefault(t *testing.T) {
+	for _, tc := range []struct{ clients, conns, want int }{
+		{0, 0, 8}, // 50 clients by default
+		{1, 0, 1},
+		{5, 0, 1},
+		{6, 0, 1},
+		{12, 0, 2},
+		{16, 0, 2},
+		{300, 0, 50},
+		{300, 1, 1},
+		{10, 7, 7},
+	} {
+		c := Config{Clients: tc.clients, Conns: tc.conns}.withDefaults()
+		if c.Conns != tc.want {
+			t.Errorf("clients %d conns %d: defaults to %d conns, want %d", tc.clients, tc.conns, c.Conns, tc.want)
+		}
+	}
+}
+
+// TestWorkloadsSpreadOverConns checks that every workload sends its
+// requests over all of its connections (Clients/6 by default), not one.
+func TestWorkloadsSpreadOverConns(t *testing.T) {
+	const clients, conns = 18, 3
+	for _, tc := range []struct {
+		workload string
+		cfg      Config
+	}{
+		{"create", Config{Total: 300}},
+		{"update", Config{Total: 300, KeySpace: 30}},
+		{"get", Config{Total: 300, KeySpace: 30}},
+		{"list", Config{Total: 300, Objects: 300, PageLimit: 100}},
+		{"watch", Config{Total: 300, Watchers: 30, WatchPrefixes: 3, WatchStreams: 2, WatchGrace: time.Millisecond}},
+		{"lease", Config{Total: 300, ExpireLeases: -1}},
+		{"mixed", Config{Total: 300}},
+		{"memory", Config{Objects: 3000, BatchSize: 10, Settle: time.Millisecond}},
+		{"interference", Config{Total: 300, Objects: 300, KeySpace: 30}},
+	} {
+		t.Run(tc.workload, func(t *testing.T) {
+			ns := startNull(t, nullserver.Options{TrackPeers: true})
+			cfg := tc.cfg
+			cfg.Endpoints = []string{ns.Addr()}
+			cfg.Clients = clients
+			r := runWL(t, tc.workload, cfg)
+			if r.Conns != conns {
+				t.Fatalf("result says %d conns, want %d", r.Conns, conns)
+			}
+			peers := ns.Peers()
+			if len(peers) != conns {
+				t.Fatalf("requests came over %d connections (%v), want %d", len(peers), peers, conns)
+			}
+			var total int64
+			for _, n := range peers {
+				total += n
+			}
+			for p, n := range peers {
+				if n < total/(conns*4) {
+					t.Fatalf("connection %s carried %d of %d requests: not spread round-robin (%v)", p, n, total, peers)
+				}
+			}
+		})
+	}
+}
+
+func TestNullServerScale(t *testing.T) {
+	ns := startNull(t, nullserver.Options{})
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), make([]byte, 8192), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runWL(t, "scale", Config{Endpoints: []string{ns.Addr()}, Objects: 500, Clients: 12, Pid: os.Getpid(), DataDir: dir, Settle: time.Millisecond})
+	wantSeries(t, r, "load", 500, 0)
+	wantCounter(t, r, "objects_loaded", 500)
+	if got := ns.Txns.Load(); got != 500 {
+		t.Fatalf("server saw %d txns, want 500 (one create per object)", got)
+	}
+	if r.Conns != 2 || r.Gauges["rss_bytes"] <= 0 || r.Gauges["data_dir_bytes"] < 8192 || len(r.Notes) != 0 {
+		t.Fatalf("conns %d gauges %v notes %v", r.Conns, r.Gauges, r.Notes)
+	}
+	if !strings.HasPrefix(r.Params["prefix"], "/registry/configmaps-") {
+		t.Fatalf("params %v", r.Params)
+	}
+}
+
+// TestCompareScaleRestarts runs the scale step on two servers Compare
+// starts itself (this test binary as a null server, see TestMain): each is
+// measured alone on a fresh data dir, stopped, restarted and timed, and
+// the steps after it find the suite's servers running again.
+func TestCompareScaleRestarts(t *testing.T) {
+	const objects = 300
+	t.Setenv("AXON_BENCH_TEST_COUNT", strconv.Itoa(objects))
+	dir := t.TempDir()
+	var targets []Target
+	for _, name := range []string{"axon", "etcd"} {
+		addr := freePort(t)
+		targets = append(targets, Target{
+			Name: name, Endpoints: []string{addr}, DataDir: filepath.Join(dir, name+"-data"),
+			Command: []string{"env", "AXON_BENCH_TEST_SERVER=" + addr, os.Args[0], DataDirPlaceholder},
+		})
+	}
+	steps := []Step{
+		{Name: "create", Workload: "create", Apply: func(c *Config) { c.Total = 20 }},
+		{Name: "scale", Workload: "scale", Apply: func(c *Config) { c.Objects = objects; c.Clients = 12; c.Settle = time.Millisecond }},
+		{Name: "create-again", Workload: "create", Apply: func(c *Config) { c.Total = 20 }},
+	}
+	var log, prog bytes.Buffer
+	cmp, err := Compare(context.Background(), CompareOptions{
+		Targets: targets, Steps: steps, Base: Config{Clients: 2, Progress: &prog},
+		Pause: time.Millisecond, Log: &log, ServerLogDir: dir,
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, prog.String())
+	}
+	for _, name := range []string{"axon", "etcd"} {
+		r := cmp.Steps[1].Result(name)
+		if r == nil || r.Error != "" {
+			t.Fatalf("scale %s: %+v\n%s", name, r, prog.String())
+		}
+		wantCounter(t, r, "objects_loaded", objects)
+		wantCounter(t, r, "objects_after_restart", objects)
+		for _, g := range []string{"rss_bytes", "data_dir_bytes", "restart_s", "stop_s", "rss_after_restart_bytes"} {
+			if r.Gauges[g] <= 0 {
+				t.Fatalf("scale %s: gauge %s missing: %v notes %v", name, g, r.Gauges, r.Notes)
+			}
+		}
+		if len(r.Notes) != 0 {
+			t.Fatalf("scale %s notes: %v", name, r.Notes)
+		}
+		if a := cmp.Steps[2].Result(name); a == nil || a.Error != "" || a.Primary().Ops != 20 {
+			t.Fatalf("create after scale on %s: %+v", name, a)
+		}
+	}
+	for _, want := range []string{"stopping axon", "stopping etcd", "serving linearizable reads"} {
+		if !strings.Contains(prog.String(), want) {
+			t.Errorf("progress lacks %q:\n%s", want, prog.String())
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*-scale-*")); len(m) != 0 {
+		t.Fatalf("scale data dirs left behind: %v", m)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "axon.log")); err != nil {
+		t.Fatal(err)
+	}
+	var table bytes.Buffer
+	cmp.WriteTable(&table)
+	if !strings.Contains(table.String(), "restart s") || !strings.Contains(table.String(), "axon/etcd") {
+		t.Fatalf("table:\n%s", table.String())
+	}
+	t.Log("\n" + table.String())
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // Workloads lists the workload names Run accepts.
-var Workloads = []string{"create", "update", "get", "list", "watch", "lease", "mixed", "memory", "interference"}
+var Workloads = []string{"create", "update", "get", "list", "watch", "lease", "mixed", "memory", "interference", "scale"}
 
 // workload is one kind of load. setup runs before the clock starts (preload,
 // watcher creation), op is one operation by one request loop, and finish,
@@ -56,6 +56,8 @@ func newWorkload(name string, cfg Config) (workload, error) {
 		return &memoryWL{}, nil
 	case "interference":
 		return &interferenceWL{}, nil
+	case "scale":
+		return &scaleWL{}, nil
 	}
 	return nil, fmt.Errorf("unknown workload %q (one of %s)", name, strings.Join(Workloads, ", "))
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,7 +34,8 @@ func NewCommand(use string) *cobra.Command {
 		Long: `Benchmark any etcd v3 endpoint (Axon, etcd, or another etcd-compatible store)
 with workloads shaped like kube-apiserver's, or compare several endpoints.
 
-Workloads: create, update, get, list, watch, lease, mixed, memory, interference.
+Workloads: create, update, get, list, watch, lease, mixed, memory, interference,
+scale.
 Each prints throughput, latency percentiles and errors by gRPC code; --json
 prints the result as JSON instead, --html FILE writes a self-contained report.
 
@@ -64,7 +66,7 @@ type common struct {
 func (c *common) register(fs *pflag.FlagSet, withLoad bool) {
 	cfg := &c.cfg
 	fs.StringSliceVar(&cfg.Endpoints, "endpoints", []string{"127.0.0.1:2379"}, "comma-separated etcd v3 endpoints")
-	fs.IntVar(&cfg.Conns, "conns", 1, "gRPC connections the clients are spread over")
+	fs.IntVar(&cfg.Conns, "conns", 0, "gRPC connections the clients are spread over round-robin (default: clients/6, at least 1)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "timeout of each request")
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", 10*time.Second, "timeout of dialing and of waiting for the endpoints to answer")
 	fs.IntVar(&cfg.KeySize, "key-size", 70, "key size in bytes (/registry/<resource>/<namespace>/<name>)")
@@ -145,6 +147,12 @@ var workloadSpecs = []workloadSpec{
 		fs.IntVar(&cfg.Objects, "objects", 100000, "objects the unpaginated lists read")
 		fs.IntVar(&cfg.MaxRetries, "max-retries", 10, "update conflict retries")
 	}},
+	{"scale", "create N objects one per request (kube-shaped), then measure the server's memory and disk (restart time: compare --server)", func(fs *pflag.FlagSet, cfg *benchmark.Config) {
+		fs.IntVar(&cfg.Objects, "objects", 1000000, "objects to create")
+		fs.IntVar(&cfg.Pid, "pid", 0, "server process id, for its resident memory (/proc)")
+		fs.StringVar(&cfg.DataDir, "data-dir", "", "server data directory, for its size on disk")
+		fs.DurationVar(&cfg.Settle, "settle", 2*time.Second, "pause before measuring")
+	}},
 }
 
 func newWorkloadCmd(spec workloadSpec) *cobra.Command {
@@ -159,13 +167,18 @@ func newWorkloadCmd(spec workloadSpec) *cobra.Command {
 	if spec.flags != nil {
 		spec.flags(cmd.Flags(), &c.cfg)
 	}
-	if spec.name == "memory" {
-		// memory runs until its objects are loaded.
+	switch spec.name {
+	case "memory", "scale":
+		// memory and scale run until their objects are loaded.
 		_ = cmd.Flags().MarkHidden("total")
 		_ = cmd.Flags().MarkHidden("duration")
 		_ = cmd.Flags().MarkHidden("key-space")
-		cmd.Flags().Lookup("clients").DefValue = "16"
-		c.cfg.Clients = 16
+		clients := 16
+		if spec.name == "scale" {
+			clients = 300
+		}
+		cmd.Flags().Lookup("clients").DefValue = strconv.Itoa(clients)
+		c.cfg.Clients = clients
 	}
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		c.progress(cmd)
@@ -202,6 +215,7 @@ func newCompareCmd() *cobra.Command {
 	c := &common{}
 	var (
 		targets  []string
+		servers  []string
 		suite    string
 		only     string
 		htmlFile string
@@ -218,7 +232,14 @@ print a side-by-side table with each figure as a ratio to the baseline target
 named null, see null-server).
 
 A target is name=endpoint[,endpoint...][,pid=N][,data-dir=PATH]; pid and
-data-dir let the memory step measure the server's resident memory and disk.`,
+data-dir let the memory and scale steps measure the server's resident memory
+and disk.
+
+--server name=COMMAND makes compare start that target's server itself (the
+command is split at spaces, no quoting; {data-dir} stands for the target's
+data-dir), know its pid, and stop it with SIGTERM at the end. The scale step
+needs it to run each server alone on a fresh data dir and to time its
+restart (SIGTERM, start again on the same data dir, first linearizable Get).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.progress(cmd)
@@ -231,6 +252,22 @@ data-dir let the memory step measure the server's resident memory and disk.`,
 					return err
 				}
 				opts.Targets = append(opts.Targets, pt)
+			}
+			for _, sv := range servers {
+				name, command, ok := strings.Cut(sv, "=")
+				argv := strings.Fields(command)
+				if !ok || len(argv) == 0 {
+					return fmt.Errorf("--server %q: want name=COMMAND", sv)
+				}
+				found := false
+				for i := range opts.Targets {
+					if opts.Targets[i].Name == name {
+						opts.Targets[i].Command, found = argv, true
+					}
+				}
+				if !found {
+					return fmt.Errorf("--server %q: no --target named %q", sv, name)
+				}
 			}
 			steps, err := benchmark.Suite(suite, so)
 			if err != nil {
@@ -271,6 +308,9 @@ data-dir let the memory step measure the server's resident memory and disk.`,
 	c.register(fs, false)
 	_ = fs.MarkHidden("endpoints")
 	fs.StringArrayVar(&targets, "target", nil, "name=endpoint[,endpoint][,pid=N][,data-dir=PATH] (repeat for each target)")
+	fs.StringArrayVar(&servers, "server", nil, "name=COMMAND: start target name's server with COMMAND ({data-dir} is its data-dir); repeat per target")
+	fs.StringVar(&opts.ServerLogDir, "server-logs", "", "directory for NAME.log, the output of the servers started with --server")
+	fs.BoolVar(&opts.KeepScaleData, "keep-scale-data", false, "keep the scale step's data directories (<data-dir>-scale-*, next to each data-dir)")
 	fs.StringVar(&suite, "suite", "standard", "suite: "+strings.Join(benchmark.Suites, ", "))
 	fs.StringVar(&only, "steps", "", "run only these steps of the suite (comma-separated, e.g. create,list)")
 	fs.StringVar(&htmlFile, "html", "", "write the HTML report to `FILE`")
@@ -285,6 +325,8 @@ data-dir let the memory step measure the server's resident memory and disk.`,
 	fs.IntVar(&so.WatchPrefixes, "watch-prefixes", 100, "prefixes the watchers are spread over")
 	fs.Float64Var(&so.WatchRate, "watch-rate", 0, "writes per second in the watch step (0: as fast as 10 writers go)")
 	fs.IntVar(&so.InterferenceObjects, "interference-objects", 100000, "objects the interference step lists unpaginated (suite full)")
+	fs.IntVar(&so.ScaleObjects, "scale-objects", 1000000, "objects the scale step creates, one per request")
+	fs.IntVar(&so.ScaleClients, "scale-clients", 300, "clients creating them (over clients/6 connections unless --conns)")
 	return cmd
 }
 

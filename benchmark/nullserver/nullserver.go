@@ -25,6 +25,7 @@ import (
 	"math"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -33,6 +34,7 @@ import (
 	etcdversion "go.etcd.io/etcd/api/v3/version"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -50,6 +52,9 @@ type Options struct {
 	// (default Unavailable): for testing clients' error accounting.
 	FailEvery int
 	FailCode  codes.Code
+	// TrackPeers records which client connections (peer addresses) send
+	// requests, for Peers: for testing how clients spread over connections.
+	TrackPeers bool
 }
 
 // Server is a null etcd server. Create it with New or Start.
@@ -75,6 +80,33 @@ type Server struct {
 
 	// Request counters, for tests and curiosity.
 	Ranges, Puts, Deletes, Txns, WatchCreates, LeaseGrants, KeepAlives atomic.Int64
+
+	peers sync.Map // peer address -> *atomic.Int64 requests (TrackPeers)
+}
+
+// Peers returns how many requests (unary calls and streams, Maintenance
+// excepted) each client connection, by peer address, has sent; empty
+// unless Options.TrackPeers.
+func (s *Server) Peers() map[string]int64 {
+	out := map[string]int64{}
+	s.peers.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
+}
+
+func (s *Server) trackPeer(ctx context.Context, method string) {
+	if strings.HasPrefix(method, "/etcdserverpb.Maintenance/") {
+		// clientv3's Status and Defragment dial the endpoint afresh.
+		return
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return
+	}
+	v, _ := s.peers.LoadOrStore(p.Addr.String(), new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
 }
 
 const (
@@ -102,11 +134,23 @@ func New(opts Options) *Server {
 		s.value[i] = 'a' + byte(i%26)
 	}
 	s.rev.Store(1)
-	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(64<<20),
+	sopts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(64 << 20),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(math.MaxUint32),
-	)
+	}
+	if opts.TrackPeers {
+		sopts = append(sopts,
+			grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				s.trackPeer(ctx, info.FullMethod)
+				return h(ctx, req)
+			}),
+			grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				s.trackPeer(ss.Context(), info.FullMethod)
+				return h(srv, ss)
+			}))
+	}
+	s.grpc = grpc.NewServer(sopts...)
 	pb.RegisterKVServer(s.grpc, s)
 	pb.RegisterWatchServer(s.grpc, s)
 	pb.RegisterLeaseServer(s.grpc, s)
