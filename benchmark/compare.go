@@ -388,6 +388,9 @@ func Compare(ctx context.Context, o CompareOptions) (*Comparison, error) {
 					continue // not a storage server: no data dir
 				}
 			} else {
+				// One target at a time: an idle neighbour's compaction and
+				// fsyncs would skew the one measured.
+				c.isolate(t)
 				if err = c.ensureRunning(ctx, t); err == nil {
 					if p := c.procs[t.Name]; p != nil {
 						cfg.Pid = p.Pid()
@@ -427,6 +430,21 @@ func (c *comparer) stopAll() {
 				c.progressf("[%s] stop: %v", name, err)
 			}
 		}
+	}
+}
+
+// isolate stops every server the harness started except t's; they are
+// started again on their data dirs when their turn comes.
+func (c *comparer) isolate(t Target) {
+	for name, q := range c.procs {
+		if name == t.Name || !q.Running() {
+			continue
+		}
+		c.progressf("[%s] stopping %s (pid %d) while %s is measured", t.Name, name, q.Pid(), t.Name)
+		if _, err := q.Stop(c.o.StopTimeout); err != nil {
+			c.progressf("[%s] stop %s: %v", t.Name, name, err)
+		}
+		c.stopped[name] = true
 	}
 }
 

@@ -66,7 +66,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { be.Close() })
-	if err := mvcc.Recover(be, nil); err != nil {
+	if _, err := mvcc.Recover(be, nil); err != nil {
 		t.Fatal(err)
 	}
 	idx, err := mvcc.LoadIndex(be)
@@ -250,7 +250,7 @@ func TestUnfinishedRevisionRolledBack(t *testing.T) {
 	if rev, _ := idx.Rev(); rev != 2 || idx.Len() != 2 {
 		t.Fatalf("index after crash: rev %d, %d keys; want 2, 2", rev, idx.Len())
 	}
-	if err := mvcc.Recover(h.be, nil); err != nil {
+	if _, err := mvcc.Recover(h.be, nil); err != nil {
 		t.Fatal(err)
 	}
 	snap, _ := h.be.Snapshot()
@@ -296,7 +296,7 @@ func TestFormatRefused(t *testing.T) {
 			if name != "format 3" && !strings.Contains(err.Error(), "format 1") {
 				t.Fatalf("error %q does not name format 1", err)
 			}
-			if err := mvcc.Recover(be, nil); !errors.Is(err, mvcc.ErrFormat) {
+			if _, err := mvcc.Recover(be, nil); !errors.Is(err, mvcc.ErrFormat) {
 				t.Fatalf("Recover = %v, want a format error", err)
 			}
 		})

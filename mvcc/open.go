@@ -55,19 +55,20 @@ func checkFormat(snap backend.Snapshot) (fresh bool, err error) {
 // records the format of a new store, and rolls back the batches of a
 // revision that was never committed (a crash in the middle of a revision
 // too large for one batch). fence guards the writes as the writer's own.
-func Recover(be backend.Backend, fence func() []backend.Condition) error {
+// It returns how many record chunks it rolled back.
+func Recover(be backend.Backend, fence func() []backend.Condition) (int, error) {
 	snap, err := be.Snapshot()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer snap.Close()
 	fresh, err := checkFormat(snap)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	cur, _, err := Reader{Snap: snap}.Meta()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	t := NewWriteTxn(be, WriteOptions{Fence: fence})
 	if fresh {
@@ -90,16 +91,12 @@ func Recover(be backend.Backend, fence func() []backend.Condition) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("mvcc: rolling back an unfinished revision: %w", err)
+		return rolled, fmt.Errorf("mvcc: rolling back an unfinished revision: %w", err)
 	}
 	if t.batch.Len() == 0 {
-		return nil
+		return rolled, nil
 	}
-	if err := t.write(); err != nil {
-		return err
-	}
-	_ = rolled
-	return nil
+	return rolled, t.write()
 }
 
 // LoadIndex checks the store's format and builds the key index from the

@@ -129,8 +129,10 @@ type result struct {
 // publisher and leases, then Start.
 func New(be backend.Backend, idx *mvcc.Index, opts Options) (*Sequencer, error) {
 	opts.defaults()
-	if err := mvcc.Recover(be, opts.Fence); err != nil {
+	if rolled, err := mvcc.Recover(be, opts.Fence); err != nil {
 		return nil, err
+	} else if rolled > 0 {
+		opts.Logger.Warn("rolled back an unfinished revision", "record_chunks", rolled)
 	}
 	s := &Sequencer{
 		be:       be,
@@ -364,7 +366,7 @@ func (s *Sequencer) fail(g *group, err error) {
 	if !g.tx.Empty() && !errors.Is(err, ErrNotLeader) {
 		// Batches of the failed group may be in the store above the
 		// committed revision; the next group reuses those revisions.
-		if rerr := mvcc.Recover(s.be, s.opts.Fence); rerr != nil {
+		if _, rerr := mvcc.Recover(s.be, s.opts.Fence); rerr != nil {
 			s.opts.Logger.Error("rolling back a failed group", "err", rerr)
 		}
 	}

@@ -33,7 +33,7 @@ func openSeq(t testing.TB, dir string) (*Sequencer, backend.Backend, *recorder) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := mvcc.Recover(be, nil); err != nil {
+	if _, err := mvcc.Recover(be, nil); err != nil {
 		t.Fatal(err)
 	}
 	idx, err := mvcc.LoadIndex(be)

@@ -131,8 +131,12 @@ func (s *Server) recover() error {
 		// One node writes alone: an unfinished revision is rolled back
 		// before the index is built. Nodes sharing a backend leave that to
 		// whoever leads, behind its fence.
-		if err := mvcc.Recover(s.be, nil); err != nil {
+		rolled, err := mvcc.Recover(s.be, nil)
+		if err != nil {
 			return fmt.Errorf("load state: %w", err)
+		}
+		if rolled > 0 {
+			s.cfg.Logger.Warn("rolled back an unfinished revision (a crash in the middle of a large write)", "record_chunks", rolled)
 		}
 	}
 	start := time.Now()
