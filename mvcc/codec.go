@@ -17,11 +17,50 @@ func EncodeKV(kv *axonpb.KeyValue) []byte {
 	return b
 }
 
-// DecodeKV decodes EncodeKV.
+// DecodeKV decodes EncodeKV. It is on every read of a value, so it walks
+// the wire format by hand instead of through reflection; the value is
+// copied once.
 func DecodeKV(b []byte) (*axonpb.KeyValue, error) {
 	kv := &axonpb.KeyValue{}
-	if err := proto.Unmarshal(b, kv); err != nil {
-		return nil, err
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			kv.Value = append([]byte(nil), v...)
+			b = b[n:]
+		case typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			b = b[n:]
+			switch num {
+			case 2:
+				kv.CreateRevision = int64(v)
+			case 3:
+				kv.ModRevision = int64(v)
+			case 4:
+				kv.Version = int64(v)
+			case 5:
+				kv.Lease = int64(v)
+			case 6:
+				kv.Deleted = v != 0
+			}
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
 	}
 	return kv, nil
 }

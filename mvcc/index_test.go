@@ -74,7 +74,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, be: be, idx: idx, m: &model{states: map[string][]modelState{}}, rev: 1}
-	for i := range 12 {
+	for i := range 40 { // more than LoadMany reads one by one
 		h.keys = append(h.keys, fmt.Sprintf("k%02d", i))
 	}
 	return h
@@ -164,6 +164,18 @@ func (h *harness) check(idx *mvcc.Index, what string) {
 				h.t.Fatalf("%s: rev %d: load %s@%d: %v", what, rev, e.Key, e.Mod, err)
 			}
 			got = append(got, fmt.Sprintf("%s c=%d m=%d v=%d %s", e.Key, e.Create, e.Mod, e.Version, kv.Value))
+		}
+		// LoadMany (one scan for many entries) reads the same states.
+		var many []string
+		if err := src.LoadMany(es, func(i int, kv *axonpb.KeyValue) error {
+			e := es[i]
+			many = append(many, fmt.Sprintf("%s c=%d m=%d v=%d %s", e.Key, e.Create, e.Mod, e.Version, kv.Value))
+			return nil
+		}); err != nil {
+			h.t.Fatalf("%s: rev %d: LoadMany: %v", what, rev, err)
+		}
+		if strings.Join(many, "\n") != strings.Join(got, "\n") {
+			h.t.Fatalf("%s: at revision %d LoadMany read\n%s\nLoad read\n%s", what, rev, strings.Join(many, "\n"), strings.Join(got, "\n"))
 		}
 		if strings.Join(got, "\n") != strings.Join(want, "\n") || n != int64(len(want)) {
 			h.t.Fatalf("%s: at revision %d (compacted %d) count %d\ngot:\n%s\nwant:\n%s", what, rev, h.comp, n, strings.Join(got, "\n"), strings.Join(want, "\n"))

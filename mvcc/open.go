@@ -164,6 +164,7 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 
 // restore adds a stored state; a key's states come in revision order.
 func (k *keyIndex) restore(rev int64, kv *stateMeta) {
+	k.last = rev
 	if kv.Deleted {
 		if k.cur.tomb && len(k.cur.revs) > 0 {
 			k.old = append(k.old, k.cur)

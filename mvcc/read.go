@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -30,6 +31,9 @@ type Source interface {
 	Entries(start, end []byte, rev int64, max int) ([]Entry, int64, error)
 	// Load returns the state e names, value and lease included.
 	Load(e Entry) (*axonpb.KeyValue, error)
+	// LoadMany calls fn with the state of each of es, which come in key
+	// order, in that order.
+	LoadMany(es []Entry, fn func(i int, kv *axonpb.KeyValue) error) error
 }
 
 // Reader reads committed state from one backend snapshot.
@@ -95,6 +99,91 @@ func (s IndexSource) Load(e Entry) (*axonpb.KeyValue, error) {
 	return Reader{Snap: s.Snap}.At([]byte(e.Key), e.Mod)
 }
 
+// scanLoadMin is how many entries make LoadMany read the history range
+// with one iterator instead of a point read each: a point read searches
+// every memtable and level, an iterator only steps.
+const scanLoadMin = 16
+
+// LoadMany implements Source.
+func (s IndexSource) LoadMany(es []Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
+	return loadMany(s.Snap, es, fn)
+}
+
+func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
+	var stored []int // entries to read from the store
+	for i, e := range es {
+		if e.loaded == nil {
+			stored = append(stored, i)
+		}
+	}
+	if len(stored) < scanLoadMin {
+		r := Reader{Snap: snap}
+		for i, e := range es {
+			kv := e.loaded
+			if kv == nil {
+				var err error
+				if kv, err = r.At([]byte(e.Key), e.Mod); err != nil {
+					return err
+				}
+			}
+			if err := fn(i, kv); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// One scan over the history of the first to the last key: the states
+	// wanted come in the same order as es, the others are stepped over.
+	first, last := es[stored[0]], es[stored[len(stored)-1]]
+	lo := HistoryKey([]byte(first.Key), first.Mod)
+	hi := HistoryKey([]byte(last.Key), last.Mod+1)
+	next := 0 // index into es of the next entry to hand out
+	want := HistoryKey([]byte(first.Key), first.Mod)
+	emitLoaded := func(upto int) error {
+		for ; next < upto; next++ {
+			if es[next].loaded == nil {
+				return fmt.Errorf("mvcc: state of %q at revision %d is missing from the store", es[next].Key, es[next].Mod)
+			}
+			if err := fn(next, es[next].loaded); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	j := 0 // index into stored of the entry whose key is want
+	err := snap.Scan(lo, hi, backend.ScanOptions{}, func(k, v []byte) error {
+		if !bytes.Equal(k, want) {
+			return nil
+		}
+		i := stored[j]
+		if err := emitLoaded(i); err != nil {
+			return err
+		}
+		kv, err := DecodeKV(v)
+		if err != nil {
+			return fmt.Errorf("mvcc: history entry %x: %w", k, err)
+		}
+		if err := fn(i, kv); err != nil {
+			return err
+		}
+		next, j = i+1, j+1
+		if j == len(stored) {
+			return backend.ErrStop
+		}
+		e := es[stored[j]]
+		want = HistoryKey([]byte(e.Key), e.Mod)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if j < len(stored) {
+		e := es[stored[j]]
+		return fmt.Errorf("mvcc: state of %q at revision %d is missing from the store", e.Key, e.Mod)
+	}
+	return emitLoaded(len(es))
+}
+
 // Loaded is an entry whose whole state is already known (a pending write).
 func Loaded(key string, kv *axonpb.KeyValue) Entry {
 	return Entry{Key: key, Mod: kv.ModRevision, Create: kv.CreateRevision, Version: kv.Version, loaded: kv}
@@ -143,21 +232,14 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 	// alone, which does not know leases, as etcd's.
 	needValue := !r.KeysOnly || r.SortTarget == pb.RangeRequest_VALUE
 	kvs := make([]*mvccpb.KeyValue, len(entries))
-	load := func(i int) error {
-		e := entries[i]
-		kv := &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
-		if needValue {
-			st, err := src.Load(e)
-			if err != nil {
-				return err
-			}
-			kv.Value, kv.Lease = st.Value, st.Lease
-			if r.KeysOnly {
-				kv.Value = nil
-			}
-		}
-		kvs[i] = kv
-		return nil
+	for i, e := range entries {
+		kvs[i] = &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
+	}
+	loadAll := func() error {
+		return src.LoadMany(entries, func(i int, st *axonpb.KeyValue) error {
+			kvs[i].Value, kvs[i].Lease = st.Value, st.Lease
+			return nil
+		})
 	}
 	cut := func() {
 		if r.Limit > 0 && int64(len(kvs)) > r.Limit {
@@ -166,10 +248,8 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 		}
 	}
 	if sortOrder != pb.RangeRequest_NONE && r.SortTarget == pb.RangeRequest_VALUE {
-		for i := range entries {
-			if err := load(i); err != nil {
-				return nil, err
-			}
+		if err := loadAll(); err != nil {
+			return nil, err
 		}
 		sortKVs(kvs, r.SortTarget, sortOrder)
 		cut()
@@ -180,9 +260,6 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 		}
 		resp.Kvs = kvs
 		return resp, nil
-	}
-	for i, e := range entries {
-		kvs[i] = &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
 	}
 	if sortOrder != pb.RangeRequest_NONE {
 		// Sort positions, so entries follow their key-values.
@@ -205,10 +282,28 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 	cut()
 	entries = entries[:len(kvs)]
 	if needValue {
-		for i := range entries {
-			if err := load(i); err != nil {
+		// Sorted by something else than the key, entries are read one by
+		// one: LoadMany wants key order.
+		if sortOrder != pb.RangeRequest_NONE && r.SortTarget != pb.RangeRequest_KEY {
+			for i, e := range entries {
+				st, err := src.Load(e)
+				if err != nil {
+					return nil, err
+				}
+				kvs[i].Value, kvs[i].Lease = st.Value, st.Lease
+			}
+		} else if sortOrder == pb.RangeRequest_DESCEND {
+			rev := slices.Clone(entries)
+			slices.Reverse(rev)
+			n := len(kvs) - 1
+			if err := src.LoadMany(rev, func(i int, st *axonpb.KeyValue) error {
+				kvs[n-i].Value, kvs[n-i].Lease = st.Value, st.Lease
+				return nil
+			}); err != nil {
 				return nil, err
 			}
+		} else if err := loadAll(); err != nil {
+			return nil, err
 		}
 	}
 	resp.Kvs = kvs

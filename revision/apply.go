@@ -56,6 +56,11 @@ func (w *write) Load(e mvcc.Entry) (*axonpb.KeyValue, error) {
 	return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.s.snap}.Load(e)
 }
 
+// LoadMany implements mvcc.Source.
+func (w *write) LoadMany(es []mvcc.Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
+	return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.s.snap}.LoadMany(es, fn)
+}
+
 func (w *write) end() {
 	if len(w.changes) == 0 {
 		return
@@ -199,18 +204,23 @@ func (w *write) del(key []byte, prev *axonpb.KeyValue) (*mvccpb.KeyValue, error)
 func (w *write) deleteRange(d *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	victims := w.g.entries(d.Key, d.RangeEnd)
 	resp := &pb.DeleteRangeResponse{Deleted: int64(len(victims))}
-	for _, e := range victims {
-		kv, err := w.Load(e)
+	var delErr error
+	err := w.LoadMany(victims, func(i int, kv *axonpb.KeyValue) error {
+		prev, err := w.del([]byte(victims[i].Key), kv)
 		if err != nil {
-			return nil, internalError{err}
-		}
-		prev, err := w.del([]byte(e.Key), kv)
-		if err != nil {
-			return nil, err
+			delErr = err
+			return err
 		}
 		if d.PrevKv {
 			resp.PrevKvs = append(resp.PrevKvs, prev)
 		}
+		return nil
+	})
+	if delErr != nil {
+		return nil, delErr
+	}
+	if err != nil {
+		return nil, internalError{err}
 	}
 	resp.Header = &pb.ResponseHeader{Revision: w.viewRev()}
 	return resp, nil
