@@ -158,6 +158,9 @@ func (x *Index) Range(start, end []byte, rev int64, max int) ([]Entry, int64) {
 		// The first key past the range is found once; the walk then stops
 		// at that item without comparing keys, so it never reads the keys'
 		// bytes, only the index entries (a cache miss fewer per key).
+		if string(end) <= string(start) {
+			return nil, 0
+		}
 		var stop *keyIndex
 		x.tree.AscendGreaterOrEqual(&keyIndex{key: string(end)}, func(k *keyIndex) bool {
 			stop = k

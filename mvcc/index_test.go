@@ -165,6 +165,10 @@ func (h *harness) check(idx *mvcc.Index, what string) {
 			}
 			got = append(got, fmt.Sprintf("%s c=%d m=%d v=%d %s", e.Key, e.Create, e.Mod, e.Version, kv.Value))
 		}
+		// An empty range (end before start) holds nothing, as in etcd.
+		if es, n, _ := src.Entries([]byte("k05"), []byte("k02"), rev, -1); n != 0 || len(es) != 0 {
+			h.t.Fatalf("%s: range [k05, k02) at %d: %d entries, count %d", what, rev, len(es), n)
+		}
 		// LoadMany (one scan for many entries) reads the same states.
 		var many []string
 		if err := src.LoadMany(es, func(i int, kv *axonpb.KeyValue) error {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -100,9 +101,15 @@ type Sequencer struct {
 	rev       atomic.Int64 // last committed main revision
 	compacted atomic.Int64 // compacted revision (logical)
 
-	// writer goroutine state
-	snap    backend.Snapshot
-	revoked map[int64]struct{}
+	// revoked holds leases revoked since start; the committer adds to it
+	// while the writer reads it.
+	revokedMu sync.Mutex
+	revoked   map[int64]struct{}
+
+	// writer goroutine state: the group handed to the committer whose
+	// outcome it has not seen yet.
+	inflight *group
+	commits  chan *group
 
 	compactor *compactor
 }
@@ -152,11 +159,10 @@ func New(be backend.Backend, idx *mvcc.Index, opts Options) (*Sequencer, error) 
 		snap.Close()
 		return nil, err
 	}
+	snap.Close()
 	if irev, _ := idx.Rev(); irev != cur {
-		snap.Close()
 		return nil, fmt.Errorf("revision: the index is at revision %d but the store at %d", irev, cur)
 	}
-	s.snap = snap
 	s.rev.Store(cur)
 	s.compacted.Store(comp)
 	s.compactor = newCompactor(be, idx, opts)
@@ -279,12 +285,26 @@ func (s *Sequencer) RevokeLease(ctx context.Context, id int64) (int64, error) {
 	return resp.(int64), nil
 }
 
+// loop is the writer goroutine. It evaluates groups of requests and hands
+// each to the committer goroutine, which writes and syncs it, then applies
+// it to the index, publishes and acknowledges, in order. Group N+1 is
+// evaluated while group N syncs, through N's pending writes; it is handed
+// over only once N's outcome is known, so a failed group fails the one
+// built on it, and at most one group is ever being synced.
 func (s *Sequencer) loop() {
 	defer close(s.stopped)
-	defer func() {
-		if s.snap != nil {
-			s.snap.Close()
+	s.commits = make(chan *group)
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		for g := range s.commits {
+			s.commit(g)
 		}
+	}()
+	defer func() {
+		s.drain()
+		close(s.commits)
+		<-committed
 	}()
 	reqs := make([]*request, 0, s.opts.MaxGroupRequests)
 	for {
@@ -316,18 +336,54 @@ func (s *Sequencer) loop() {
 	}
 }
 
+// handoff gives the evaluated group g to the committer once the group in
+// flight is done. If that one failed and g was built on it, g fails too.
+func (s *Sequencer) handoff(g *group) {
+	if p := s.inflight; p != nil {
+		<-p.done
+		s.inflight = nil
+		if p.err != nil && g.prev == p {
+			s.fail(g, p.err)
+			return
+		}
+	}
+	if len(g.acks) == 0 {
+		g.release()
+		return
+	}
+	s.commits <- g
+	s.inflight = g
+}
+
+// drain waits until the group in flight is done.
+func (s *Sequencer) drain() {
+	if p := s.inflight; p != nil {
+		<-p.done
+		s.inflight = nil
+	}
+}
+
 // runGroup applies reqs in order, committing as few batches as limits allow.
 func (s *Sequencer) runGroup(reqs []*request) {
 	g := s.newGroup()
 	for _, r := range reqs {
-		if g.len() > 0 && (g.tx.Bytes() > s.opts.MaxGroupBytes || g.tx.Flushed() || g.needsFlush(r)) {
-			s.commit(g)
+		if g.needsFlush(r) {
+			// r reads what only committed groups hold: everything before it
+			// is committed first.
+			s.handoff(g)
+			s.drain()
+			g = s.newGroup()
+		} else if g.len() > 0 && (g.tx.Bytes() > s.opts.MaxGroupBytes || g.tx.Flushed()) {
+			s.handoff(g)
 			g = s.newGroup()
 		}
 		res, err := g.apply(r)
 		if err != nil && isInternal(err) {
 			// State of the group is unknown: fail it whole, including r.
+			// Its batches may be in the store: the rollback must not race
+			// the group in flight.
 			g.acks = append(g.acks, ack{r: r})
+			s.drain()
 			s.fail(g, err)
 			g = s.newGroup()
 			continue
@@ -338,7 +394,7 @@ func (s *Sequencer) runGroup(reqs []*request) {
 		}
 		g.acks = append(g.acks, a)
 	}
-	s.commit(g)
+	s.handoff(g)
 }
 
 // internalError marks backend failures, as opposed to request errors.
@@ -351,6 +407,7 @@ func isInternal(err error) bool {
 	return errors.As(err, &ie)
 }
 
+// fail answers every request of g with err and rolls back what g wrote.
 func (s *Sequencer) fail(g *group, err error) {
 	if errors.Is(err, backend.ErrConditionFailed) && s.opts.Fence != nil {
 		s.opts.Logger.Warn("write group fenced off: another node leads", "requests", len(g.acks))
@@ -370,24 +427,14 @@ func (s *Sequencer) fail(g *group, err error) {
 			s.opts.Logger.Error("rolling back a failed group", "err", rerr)
 		}
 	}
-	s.refreshSnapshot()
+	g.err = err
+	g.release()
 }
 
-func (s *Sequencer) refreshSnapshot() {
-	if s.snap != nil {
-		s.snap.Close()
-		s.snap = nil
-	}
-	snap, err := s.be.Snapshot()
-	if err != nil {
-		s.opts.Logger.Error("cannot open snapshot", "err", err)
-		return
-	}
-	s.snap = snap
-}
-
+// commit runs on the committer goroutine.
 func (s *Sequencer) commit(g *group) {
 	if len(g.acks) == 0 {
+		g.release()
 		return
 	}
 	if !g.tx.Empty() || g.rev != g.baseRev {
@@ -406,18 +453,23 @@ func (s *Sequencer) commit(g *group) {
 		// moves only once the store holds what it names.
 		s.idx.Apply(g.rev, g.recs...)
 		s.rev.Store(g.rev)
-		s.refreshSnapshot()
 		g.afterCommit()
 	}
 	for _, a := range g.acks {
 		a.r.done <- a.res
 	}
+	g.release()
 }
 
 // group is the state of one commit group: writes not yet committed overlay
 // the snapshot so later requests of the group see earlier ones.
 type group struct {
-	s       *Sequencer
+	s *Sequencer
+	// prev is the group in flight when this one began: its writes are
+	// not in the index or snap yet, so reads look at its overlay first.
+	prev *group
+	// snap holds every revision up to snapRev, which the index is read at.
+	snap    backend.Snapshot
 	snapRev int64
 	baseRev int64
 	rev     int64
@@ -433,6 +485,18 @@ type group struct {
 	// compactWaiters are closed when the physical compaction finished.
 	compactWaiters []chan struct{}
 	acks           []ack
+	// done is closed once the group committed or failed (err set).
+	done chan struct{}
+	err  error
+}
+
+// release closes the group's snapshot and tells the writer it is done.
+func (g *group) release() {
+	if g.snap != nil {
+		g.snap.Close()
+		g.snap = nil
+	}
+	close(g.done)
 }
 
 type pub struct {
@@ -451,12 +515,30 @@ type ack struct {
 }
 
 func (s *Sequencer) newGroup() *group {
-	if s.snap == nil {
-		s.refreshSnapshot()
-	}
-	r := s.rev.Load()
-	return &group{s: s, snapRev: r, baseRev: r, rev: r, overlay: map[string]*axonpb.KeyValue{}, attach: map[attachRef]bool{},
+	g := &group{s: s, overlay: map[string]*axonpb.KeyValue{}, attach: map[attachRef]bool{}, done: make(chan struct{}),
 		tx: mvcc.NewWriteTxn(s.be, mvcc.WriteOptions{Fence: s.opts.Fence, FlushOps: s.opts.FlushOps, FlushBytes: s.opts.FlushBytes})}
+	if p := s.inflight; p != nil {
+		select {
+		case <-p.done:
+		default:
+			g.prev = p
+		}
+	}
+	// The committed revision is read before the snapshot is taken, so the
+	// snapshot holds everything the index has up to it. With a group in
+	// flight, that group's revisions come next.
+	g.snapRev = s.rev.Load()
+	g.baseRev = g.snapRev
+	if g.prev != nil {
+		g.baseRev = g.prev.rev
+	}
+	g.rev = g.baseRev
+	snap, err := s.be.Snapshot()
+	if err != nil {
+		s.opts.Logger.Error("cannot open snapshot", "err", err)
+	}
+	g.snap = snap
+	return g
 }
 
 func (g *group) len() int { return len(g.acks) }
@@ -493,14 +575,17 @@ func txnReadsAbove(t *pb.TxnRequest, rev int64) bool {
 
 // latest returns the current state of key as this group sees it.
 func (g *group) latest(key []byte) (*axonpb.KeyValue, error) {
-	if kv, ok := g.overlay[string(key)]; ok {
+	if kv, ok := g.pending(string(key)); ok {
 		return kv, nil
 	}
 	e, ok := g.s.idx.Get(key, g.snapRev)
 	if !ok {
 		return nil, nil
 	}
-	kv, err := mvcc.Reader{Snap: g.s.snap}.At(key, e.Mod)
+	if g.snap == nil {
+		return nil, internalError{backend.ErrClosed}
+	}
+	kv, err := mvcc.Reader{Snap: g.snap}.At(key, e.Mod)
 	if err != nil {
 		return nil, internalError{err}
 	}
@@ -510,7 +595,7 @@ func (g *group) latest(key []byte) (*axonpb.KeyValue, error) {
 // state returns key's current revisions and version as this group sees
 // them, without reading the value.
 func (g *group) state(key []byte) (mvcc.Entry, bool) {
-	if kv, ok := g.overlay[string(key)]; ok {
+	if kv, ok := g.pending(string(key)); ok {
 		if kv == nil {
 			return mvcc.Entry{}, false
 		}
@@ -529,6 +614,13 @@ func (g *group) entries(start, end []byte) []mvcc.Entry {
 			pending = append(pending, k)
 		}
 	}
+	if g.prev != nil {
+		for k := range g.prev.overlay {
+			if _, mine := g.overlay[k]; !mine && mvcc.InRange([]byte(k), start, end) {
+				pending = append(pending, k)
+			}
+		}
+	}
 	if len(pending) == 0 {
 		return committed
 	}
@@ -537,13 +629,13 @@ func (g *group) entries(start, end []byte) []mvcc.Entry {
 	i := 0
 	for _, e := range committed {
 		for i < len(pending) && pending[i] < e.Key {
-			if kv := g.overlay[pending[i]]; kv != nil {
+			if kv, _ := g.pending(pending[i]); kv != nil {
 				out = append(out, mvcc.Loaded(pending[i], kv))
 			}
 			i++
 		}
 		if i < len(pending) && pending[i] == e.Key {
-			if kv := g.overlay[pending[i]]; kv != nil {
+			if kv, _ := g.pending(pending[i]); kv != nil {
 				out = append(out, mvcc.Loaded(pending[i], kv))
 			}
 			i++
@@ -552,11 +644,25 @@ func (g *group) entries(start, end []byte) []mvcc.Entry {
 		out = append(out, e)
 	}
 	for ; i < len(pending); i++ {
-		if kv := g.overlay[pending[i]]; kv != nil {
+		if kv, _ := g.pending(pending[i]); kv != nil {
 			out = append(out, mvcc.Loaded(pending[i], kv))
 		}
 	}
 	return out
+}
+
+// pending returns key's state as written by this group or the one in
+// flight before it (nil: deleted); ok is false when neither touched it.
+func (g *group) pending(key string) (*axonpb.KeyValue, bool) {
+	if kv, ok := g.overlay[key]; ok {
+		return kv, true
+	}
+	if g.prev != nil {
+		if kv, ok := g.prev.overlay[key]; ok {
+			return kv, true
+		}
+	}
+	return nil, false
 }
 
 func (g *group) afterCommit() {
@@ -570,12 +676,14 @@ func (g *group) afterCommit() {
 			}
 		}
 	}
+	s.revokedMu.Lock()
 	for _, id := range g.grants {
 		delete(s.revoked, id)
 	}
 	for _, id := range g.revokes {
 		s.revoked[id] = struct{}{}
 	}
+	s.revokedMu.Unlock()
 	if s.pub != nil {
 		for _, p := range g.pubs {
 			s.pub.Publish(p.rev, p.evs)
@@ -591,43 +699,52 @@ func (g *group) afterCommit() {
 	}
 }
 
+// leaseExists reports whether lease id exists as this group sees it: its
+// own grants and revokes, then those of the group in flight, then what is
+// committed.
 func (g *group) leaseExists(id int64) bool {
-	if _, gone := g.s.revoked[id]; gone {
-		for _, r := range g.grants {
-			if r == id {
-				return true
-			}
+	for _, h := range []*group{g, g.prev} {
+		if h == nil {
+			continue
 		}
-		return false
-	}
-	for _, r := range g.revokes {
-		if r == id {
+		if slices.Contains(h.revokes, id) {
 			return false
 		}
-	}
-	for _, r := range g.grants {
-		if r == id {
+		if slices.Contains(h.grants, id) {
 			return true
 		}
+	}
+	g.s.revokedMu.Lock()
+	_, gone := g.s.revoked[id]
+	g.s.revokedMu.Unlock()
+	if gone {
+		return false
 	}
 	return g.s.leases != nil && g.s.leases.Exists(id)
 }
 
+// leaseKeys returns the keys attached to id as this group sees them.
 func (g *group) leaseKeys(id int64) [][]byte {
-	seen := map[string]bool{}
-	var out [][]byte
+	set := map[string]bool{}
 	if g.s.leases != nil {
 		for _, k := range g.s.leases.Keys(id) {
-			if on, ok := g.attach[attachRef{id, string(k)}]; ok && !on {
-				continue
-			}
-			seen[string(k)] = true
-			out = append(out, k)
+			set[string(k)] = true
 		}
 	}
-	for ref, on := range g.attach {
-		if on && ref.id == id && !seen[ref.key] {
-			out = append(out, []byte(ref.key))
+	for _, h := range []*group{g.prev, g} {
+		if h == nil {
+			continue
+		}
+		for ref, on := range h.attach {
+			if ref.id == id {
+				set[ref.key] = on
+			}
+		}
+	}
+	var out [][]byte
+	for k, on := range set {
+		if on {
+			out = append(out, []byte(k))
 		}
 	}
 	return out
