@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -127,44 +128,89 @@ func formatBytes(n int64) string {
 }
 
 // cgroupMemoryLimit returns the memory limit of the cgroup this process
-// runs in as seen under root (cgroup v2's memory.max, else v1's
-// memory/memory.limit_in_bytes); ok is false when none is set. Inside a
-// container the cgroup namespace makes these the container's own files.
-func cgroupMemoryLimit(root string) (limit int64, ok bool, err error) {
-	for _, p := range []string{
-		filepath.Join(root, "memory.max"),                      // v2
-		filepath.Join(root, "memory", "memory.limit_in_bytes"), // v1
-	} {
-		b, err := os.ReadFile(p)
-		if errors.Is(err, os.ErrNotExist) {
+// runs in, the smallest set on it or any ancestor: cgroup v2's memory.max,
+// else v1's memory.limit_in_bytes, found under root along the paths
+// procCgroup (the text of /proc/self/cgroup) names. Inside a container
+// with its own cgroup namespace those paths are "/" and the files at root
+// are the container's; a path that does not exist under root (a container
+// without one) falls back to root's files. ok is false when no limit is
+// set ("max", or v1's huge "unlimited" number).
+func cgroupMemoryLimit(root, procCgroup string) (limit int64, ok bool, err error) {
+	var v1, v2 string
+	for _, line := range strings.Split(procCgroup, "\n") {
+		f := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(f) != 3 {
 			continue
 		}
-		if err != nil {
-			return 0, false, err
+		switch {
+		case f[0] == "0" && f[1] == "":
+			v2 = f[2]
+		case slices.Contains(strings.Split(f[1], ","), "memory"):
+			v1 = f[2]
 		}
-		s := strings.TrimSpace(string(b))
-		if s == "max" {
-			return 0, false, nil
+	}
+	for _, c := range []struct{ dir, path, file string }{
+		{root, v2, "memory.max"},
+		{filepath.Join(root, "memory"), v1, "memory.limit_in_bytes"},
+	} {
+		limit, ok, found, err := smallestLimit(c.dir, c.path, c.file)
+		if err != nil || found {
+			return limit, ok, err
 		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			if u, uerr := strconv.ParseUint(s, 10, 64); uerr == nil && u > math.MaxInt64 {
-				return 0, false, nil // larger than any machine: unlimited
-			}
-			return 0, false, fmt.Errorf("%s: %q is not a byte count", p, s)
-		}
-		if n <= 0 || n >= cgroupUnlimited {
-			return 0, false, nil
-		}
-		return n, true, nil
 	}
 	return 0, false, nil
+}
+
+// smallestLimit reads file in dir/path and each of its ancestors up to dir
+// and returns the smallest limit set; found is false when dir has no such
+// file at all (that cgroup version is not mounted there).
+func smallestLimit(dir, path, file string) (limit int64, ok, found bool, err error) {
+	path = filepath.Clean("/" + path)
+	for {
+		n, set, exists, err := readCgroupLimit(filepath.Join(dir, path, file))
+		if err != nil {
+			return 0, false, false, err
+		}
+		found = found || exists
+		if set && (!ok || n < limit) {
+			limit, ok = n, true
+		}
+		if path == "/" {
+			return limit, ok, found, nil
+		}
+		path = filepath.Dir(path)
+	}
+}
+
+func readCgroupLimit(p string) (limit int64, set, exists bool, err error) {
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, false, nil
+	}
+	if err != nil {
+		return 0, false, false, err
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "max" {
+		return 0, false, true, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		if u, uerr := strconv.ParseUint(s, 10, 64); uerr == nil && u > math.MaxInt64 {
+			return 0, false, true, nil // larger than any machine: unlimited
+		}
+		return 0, false, false, fmt.Errorf("%s: %q is not a byte count", p, s)
+	}
+	if n <= 0 || n >= cgroupUnlimited {
+		return 0, false, true, nil
+	}
+	return n, true, true, nil
 }
 
 // resolve turns the option into the limit to set and where it came from,
 // for the log. A negative limit leaves the runtime's as it is (none, or
 // GOMEMLIMIT's); math.MaxInt64 is no limit.
-func (m memoryLimitValue) resolve(root string, gomemlimitSet bool) (limit int64, source string, err error) {
+func (m memoryLimitValue) resolve(root, procCgroup string, gomemlimitSet bool) (limit int64, source string, err error) {
 	if !m.auto {
 		if m.bytes == 0 {
 			return math.MaxInt64, "--memory-limit 0", nil
@@ -175,7 +221,7 @@ func (m memoryLimitValue) resolve(root string, gomemlimitSet bool) (limit int64,
 		// The operator set the runtime's own variable; auto respects it.
 		return -1, "GOMEMLIMIT", nil
 	}
-	cg, ok, err := cgroupMemoryLimit(root)
+	cg, ok, err := cgroupMemoryLimit(root, procCgroup)
 	if err != nil {
 		return 0, "", fmt.Errorf("--memory-limit auto: reading the cgroup memory limit: %w", err)
 	}
@@ -190,7 +236,8 @@ func (m memoryLimitValue) resolve(root string, gomemlimitSet bool) (limit int64,
 // outcome.
 func applyMemoryLimit(m memoryLimitValue, log *slog.Logger) error {
 	current := debug.SetMemoryLimit(-1)
-	limit, source, err := m.resolve(cgroupRoot, current != math.MaxInt64 && os.Getenv("GOMEMLIMIT") != "")
+	procCgroup, _ := os.ReadFile("/proc/self/cgroup") // absent off Linux: root's files only
+	limit, source, err := m.resolve(cgroupRoot, string(procCgroup), current != math.MaxInt64 && os.Getenv("GOMEMLIMIT") != "")
 	if err != nil {
 		return err
 	}

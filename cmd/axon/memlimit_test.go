@@ -26,24 +26,44 @@ func cgroupDir(t *testing.T, files map[string]string) string {
 }
 
 func TestCgroupMemoryLimit(t *testing.T) {
+	const (
+		v2Root   = "0::/\n"
+		v2Nested = "0::/system.slice/axon.service\n"
+		v1Nested = "12:pids:/x\n4:memory:/kubepods/pod1/c1\n1:cpu,cpuacct:/x\n0::/\n"
+	)
 	for _, tc := range []struct {
 		name    string
+		proc    string
 		files   map[string]string
 		want    int64
 		ok      bool
 		wantErr bool
 	}{
-		{"none", nil, 0, false, false},
-		{"v2 limit", map[string]string{"memory.max": "4294967296\n"}, 4 << 30, true, false},
-		{"v2 max", map[string]string{"memory.max": "max\n"}, 0, false, false},
-		{"v1 limit", map[string]string{"memory/memory.limit_in_bytes": "2147483648\n"}, 2 << 30, true, false},
-		{"v1 unlimited", map[string]string{"memory/memory.limit_in_bytes": "9223372036854771712\n"}, 0, false, false},
-		{"beyond int64", map[string]string{"memory.max": "18446744073709551615\n"}, 0, false, false},
-		{"v2 wins over v1", map[string]string{"memory.max": "1073741824", "memory/memory.limit_in_bytes": "2147483648"}, 1 << 30, true, false},
-		{"garbage", map[string]string{"memory.max": "lots\n"}, 0, false, true},
+		{"none", v2Root, nil, 0, false, false},
+		{"v2 limit", v2Root, map[string]string{"memory.max": "4294967296\n"}, 4 << 30, true, false},
+		{"v2 max", v2Root, map[string]string{"memory.max": "max\n"}, 0, false, false},
+		{"v1 limit", "", map[string]string{"memory/memory.limit_in_bytes": "2147483648\n"}, 2 << 30, true, false},
+		{"v1 unlimited", "", map[string]string{"memory/memory.limit_in_bytes": "9223372036854771712\n"}, 0, false, false},
+		{"beyond int64", v2Root, map[string]string{"memory.max": "18446744073709551615\n"}, 0, false, false},
+		{"v2 wins over v1", v2Root, map[string]string{"memory.max": "1073741824", "memory/memory.limit_in_bytes": "2147483648"}, 1 << 30, true, false},
+		{"v2 own cgroup", v2Nested, map[string]string{
+			"system.slice/axon.service/memory.max": "1073741824",
+			"system.slice/memory.max":              "max",
+		}, 1 << 30, true, false},
+		{"v2 smallest ancestor", v2Nested, map[string]string{
+			"system.slice/axon.service/memory.max": "max",
+			"system.slice/memory.max":              "536870912",
+		}, 512 << 20, true, false},
+		{"v1 own cgroup", v1Nested, map[string]string{
+			"memory/kubepods/pod1/c1/memory.limit_in_bytes": "2147483648",
+			"memory/kubepods/pod1/memory.limit_in_bytes":    "3221225472",
+			"memory/memory.limit_in_bytes":                  "9223372036854771712",
+		}, 2 << 30, true, false},
+		{"path missing under root (no cgroup namespace)", v2Nested, map[string]string{"memory.max": "2147483648"}, 2 << 30, true, false},
+		{"garbage", v2Root, map[string]string{"memory.max": "lots\n"}, 0, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok, err := cgroupMemoryLimit(cgroupDir(t, tc.files))
+			got, ok, err := cgroupMemoryLimit(cgroupDir(t, tc.files), tc.proc)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
 			}
@@ -78,7 +98,7 @@ func TestMemoryLimitResolve(t *testing.T) {
 			if err := m.Set(tc.flag); err != nil {
 				t.Fatal(err)
 			}
-			got, source, err := m.resolve(tc.root, tc.gomemlimit)
+			got, source, err := m.resolve(tc.root, "0::/\n", tc.gomemlimit)
 			if err != nil {
 				t.Fatal(err)
 			}
