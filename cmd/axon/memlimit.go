@@ -31,9 +31,8 @@ const cgroupFraction = 0.85
 // reports an unset limit as a huge page-aligned number (0x7ffffffffffff000).
 const cgroupUnlimited = 1 << 60
 
-// cgroupRoot is where the cgroup file systems are mounted; a variable for
-// tests.
-var cgroupRoot = "/sys/fs/cgroup"
+// cgroupRoot is where the cgroup file systems are mounted.
+const cgroupRoot = "/sys/fs/cgroup"
 
 // memoryLimitValue is --memory-limit: "auto", "0" (none) or a size such as
 // 2GiB, 1536MiB, 2G or plain bytes.
