@@ -116,6 +116,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.metrics.reg.MustRegister(stateCollector{s})
+	s.metrics.reg.MustRegister(memoryCollector{s}) // memory_metrics.go
 	return s, nil
 }
 

@@ -24,26 +24,42 @@ import (
 )
 
 const (
+	// Memory: Badger builds every table (a memtable flush, each output of a
+	// compaction) wholly in memory, in a ristretto z.Allocator sized from
+	// what goes in; finished builders' allocators are kept in a pool of up
+	// to eight and reused without shrinking, so each grows to the biggest
+	// table it ever built. Those pooled buffers were most of the heap
+	// (984 of 1,046 MiB after 500k creates, issue 10), and the options
+	// below are chosen mainly to keep them small.
+
 	// A memtable's size also caps one transaction: Badger refuses batches
 	// over 15% of it (~4.8 MiB of inline payload or ~52k ops at 32 MiB).
 	// That comfortably holds an etcd request (1.5 MiB by default) plus its
-	// MVCC bookkeeping, while halving the default's 64 MiB of arena and
-	// WAL per memtable.
+	// MVCC bookkeeping, and snapshot restore's 4 MiB batches, while halving
+	// the default's 64 MiB of arena and WAL per memtable. It also sizes the
+	// flush builder: a level-0 table is a whole memtable, so a flush
+	// allocates about this much again (60 MiB of allocator with doubling).
+	// Going lower would need smaller restore batches first.
 	memTableSize = 32 << 20
-	// Memtables waiting to be flushed are whole arenas of resident memory;
-	// three absorbs a write burst without the default five's footprint.
+	// Memtables waiting to be flushed are whole arenas of resident memory
+	// (~42 MiB each here); three absorbs a write burst while one flushes,
+	// without the default five's footprint.
 	numMemtables = 3
 	// Values below this stay inline in the LSM tree, so range scans (the
 	// LIST that dominates Kubernetes reads) are sequential and the
 	// high-churn small kinds (leases, events, endpoints) are reclaimed by
 	// LSM compaction alone. Bigger objects go to the value log so
-	// compactions don't keep rewriting them.
+	// compactions don't keep rewriting them. Lowering it shrinks the LSM
+	// tree and its builders further (see BenchmarkMemoryCreates) but moves
+	// small objects to the value log, trading scan locality and value-log
+	// GC for it; left as is until values are stored once (issue 10).
 	valueThreshold = 4 << 10
-	// Compressed blocks must be decompressed into a cache to be read; it
-	// is bounded so RSS stays predictable regardless of data size. There
-	// is no index cache on purpose: unencrypted table indexes are read in
-	// place from the mmapped tables, so Badger would never consult it.
-	blockCacheSize = 64 << 20
+	// Two compactors is Badger's minimum (compactor 0 favours level 0).
+	// Each compaction keeps several table builders in flight, and every
+	// builder that ever ran concurrently can end up pooled at full size, so
+	// the default four mostly bought memory on a two-core node; throughput
+	// did not measurably change with four.
+	numCompactors = 2
 
 	// In-memory Badger has no value log, yet still routes values at or
 	// above ValueThreshold there and panics (dgraph-io/badger#1234). So
@@ -155,10 +171,28 @@ func Open(opts Options) (*DB, error) {
 		WithMemTableSize(memTableSize).
 		WithNumMemtables(numMemtables).
 		WithValueThreshold(valueThreshold).
-		// Kubernetes objects (protobuf and JSON with repeated field names)
-		// compress well; Snappy is cheap to decode on every LIST.
-		WithCompression(options.Snappy).
-		WithBlockCacheSize(blockCacheSize).
+		// No block compression. A compressing builder keeps every block
+		// twice until the table is written (the plain block and a
+		// compressed copy allocated at its worst-case size), which roughly
+		// doubled the pooled builder memory; ZSTD allocates the same way.
+		// Tables get bigger on disk (as bbolt's pages are in etcd, which
+		// does not compress either). Tables written compressed by earlier
+		// versions stay readable: the manifest records each table's
+		// compression, and compaction rewrites them uncompressed.
+		WithCompression(options.None).
+		WithNumCompactors(numCompactors).
+		// Level 0 (5 tables start a compaction, 15 stall writes), block size
+		// (4 KiB) and base table size (2 MiB) keep Badger's defaults:
+		// level-0 tables are mmapped files, not heap, and compaction
+		// builders are already sized from the small base table size.
+		//
+		// No block cache. Uncompressed blocks are read in place from the
+		// mmapped tables, so the page cache already holds them (counted
+		// once, and reclaimable); a cache would only add Block headers and
+		// ristretto's bookkeeping on top. There is no index cache for the
+		// same reason: unencrypted table indexes are read in place too, so
+		// Badger would never consult it.
+		WithBlockCacheSize(0).
 		WithIndexCacheSize(0).
 		// Size is computed here (see Size); Badger's expvar metrics are
 		// process-global and would only duplicate it.

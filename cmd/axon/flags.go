@@ -57,6 +57,7 @@ type serveOptions struct {
 	maxWatchersPerStream int
 	writeQueueLength     int
 	quotaBackendBytes    int64
+	memoryLimit          memoryLimitValue
 
 	pdEndpoints         []string
 	name                string
@@ -107,6 +108,11 @@ func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
 		"writes queued for the single writer before callers wait for room")
 	fs.Int64Var(&o.quotaBackendBytes, "quota-backend-bytes", server.DefaultQuotaBackendBytes,
 		"backend size that raises the NOSPACE alarm and refuses writes that add data (0: the 2 GiB default; negative: no quota)")
+	o.memoryLimit = memoryLimitValue{auto: true}
+	fs.Var(&o.memoryLimit, "memory-limit",
+		"Go soft memory limit (debug.SetMemoryLimit): the garbage collector works harder near it instead of letting the heap grow to twice the live data; "+
+			"it never refuses memory. auto: GOMEMLIMIT if that is set, else 85% of the cgroup memory limit (cgroup v2 memory.max or v1 memory.limit_in_bytes) "+
+			"when one is set, else none; 0: none; or a size such as 2GiB, 1536MiB")
 }
 
 // addAlias defines a hidden flag that sets the same value as canonical.

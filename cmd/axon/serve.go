@@ -58,6 +58,9 @@ AXON_DATA_DIR). A flag given on the command line wins over the environment.`,
 		for _, k := range unknown {
 			logger.Warn("unrecognized environment variable ignored", "var", k)
 		}
+		if err := applyMemoryLimit(opts.memoryLimit, logger); err != nil {
+			return err
+		}
 		return run(cfg)
 	}
 	return cmd
