@@ -154,7 +154,7 @@ func Suite(name string, o SuiteOptions) ([]Step, error) {
 		{Name: "update", Workload: "update", Apply: timed(300, nil)},
 		{Name: "get-lin", Workload: "get", Apply: timed(100, func(c *Config) { c.Consistency = "l" })},
 		{Name: "get-ser", Workload: "get", Apply: timed(100, func(c *Config) { c.Consistency = "s" })},
-		{Name: "list", Workload: "list", Apply: timed(8, func(c *Config) {
+		{Name: "list", Workload: "list", Apply: timed(50, func(c *Config) {
 			c.Objects = o.ListObjects
 			c.PageLimit = 500
 		})},

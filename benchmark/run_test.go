@@ -443,9 +443,13 @@ func TestWorkloadsSpreadOverConns(t *testing.T) {
 			for _, n := range peers {
 				total += n
 			}
+			// Clients are pinned to connections round-robin, but how many
+			// requests each client gets through before Total is reached
+			// depends on scheduling; a share would be flaky on a busy
+			// machine, an idle connection is the bug.
 			for p, n := range peers {
-				if n < total/(conns*4) {
-					t.Fatalf("connection %s carried %d of %d requests: not spread round-robin (%v)", p, n, total, peers)
+				if n == 0 {
+					t.Fatalf("connection %s carried none of %d requests (%v)", p, total, peers)
 				}
 			}
 		})
