@@ -16,10 +16,9 @@ import (
 // applies committed revisions to it (a follower the revisions it tails);
 // readers see only what was committed.
 //
-// One key costs its bytes plus about 90 bytes (see BenchmarkIndexMemory):
-// the newest generation is held inline and older generations, which only
-// keys deleted and created again since the last compaction have, in a
-// slice that is usually nil.
+// A key with one revision (any key once compacted, most keys of a store)
+// is one 64-byte entry plus its bytes (see BenchmarkIndexMemory); its other
+// revisions and older generations hang off a pointer that is nil then.
 type Index struct {
 	mu        sync.RWMutex
 	tree      *btree.BTreeG[*keyIndex]
@@ -30,13 +29,23 @@ type Index struct {
 
 type keyIndex struct {
 	key string
-	// last is the newest revision of cur, kept here so that a read at or
-	// after it (most reads) needs nothing behind a pointer.
-	last int64
+	// The newest generation: its newest revision, creation, the version
+	// of its first revision, and whether a deletion at last ended it
+	// (last is 0 when nothing is left of it).
+	last    int64
+	created int64
+	ver     int64
+	tomb    bool
 	// lease of the newest state; the lease table is rebuilt from it.
 	lease int64
-	cur   generation
-	old   []generation // older generations, oldest first
+	rest  *keyRest
+}
+
+// keyRest is what a key with more than one revision since the compacted
+// revision needs besides its entry.
+type keyRest struct {
+	revs []int64      // the newest generation's revisions before last, ascending
+	old  []generation // older generations, oldest first
 }
 
 // generation is one life of a key, from its creation to its deletion.
@@ -45,6 +54,71 @@ type generation struct {
 	ver     int64   // version at revs[0]
 	revs    []int64 // ascending; with tomb, the last one deleted the key
 	tomb    bool
+}
+
+func (k *keyIndex) older() []generation {
+	if k.rest == nil {
+		return nil
+	}
+	return k.rest.old
+}
+
+func (k *keyIndex) earlier() []int64 {
+	if k.rest == nil {
+		return nil
+	}
+	return k.rest.revs
+}
+
+// cur returns the newest generation as a whole (a copy).
+func (k *keyIndex) cur() generation {
+	if k.last == 0 {
+		return generation{}
+	}
+	revs := append(append(make([]int64, 0, len(k.earlier())+1), k.earlier()...), k.last)
+	return generation{created: k.created, ver: k.ver, revs: revs, tomb: k.tomb}
+}
+
+// setCur replaces the newest generation.
+func (k *keyIndex) setCur(g generation) {
+	if len(g.revs) == 0 {
+		k.last, k.created, k.ver, k.tomb = 0, 0, 0, false
+		k.setRest(nil, k.older())
+		return
+	}
+	n := len(g.revs)
+	k.last, k.created, k.ver, k.tomb = g.revs[n-1], g.created, g.ver, g.tomb
+	var earlier []int64
+	if n > 1 {
+		earlier = append([]int64(nil), g.revs[:n-1]...)
+	}
+	k.setRest(earlier, k.older())
+}
+
+func (k *keyIndex) setRest(revs []int64, old []generation) {
+	if len(revs) == 0 && len(old) == 0 {
+		k.rest = nil
+		return
+	}
+	k.rest = &keyRest{revs: revs, old: old}
+}
+
+// push adds rev to the newest generation (tomb: a deletion ending it).
+func (k *keyIndex) push(rev int64, tomb bool) {
+	if k.rest == nil {
+		k.rest = &keyRest{}
+	}
+	k.rest.revs = append(k.rest.revs, k.last)
+	k.last, k.tomb = rev, tomb
+}
+
+// begin starts a new generation at rev, keeping the newest one as old.
+func (k *keyIndex) begin(rev, created, ver int64) {
+	if k.last != 0 {
+		old := append(k.older(), k.cur())
+		k.setRest(nil, old)
+	}
+	k.last, k.created, k.ver, k.tomb = rev, created, ver, false
 }
 
 // Entry is a key's state at a revision as the index knows it: everything
@@ -78,17 +152,19 @@ func (x *Index) Live() int64 {
 
 // at returns the state of k at rev.
 func (k *keyIndex) at(rev int64) (Entry, bool) {
-	if n := len(k.cur.revs); n > 0 && rev >= k.last {
-		if k.cur.tomb {
+	if k.last != 0 && rev >= k.last {
+		if k.tomb {
 			return Entry{}, false
 		}
-		return Entry{Key: k.key, Mod: k.last, Create: k.cur.created, Version: k.cur.ver + int64(n-1)}, true
+		return Entry{Key: k.key, Mod: k.last, Create: k.created, Version: k.ver + int64(len(k.earlier()))}, true
 	}
-	g := &k.cur
+	cur := k.cur()
+	g := &cur
 	if len(g.revs) == 0 || g.revs[0] > rev {
 		g = nil
-		for i := len(k.old) - 1; i >= 0; i-- {
-			if o := &k.old[i]; len(o.revs) > 0 && o.revs[0] <= rev {
+		old := k.older()
+		for i := len(old) - 1; i >= 0; i-- {
+			if o := &old[i]; len(o.revs) > 0 && o.revs[0] <= rev {
 				g = o
 				break
 			}
@@ -195,9 +271,7 @@ func (x *Index) change(rev int64, c *axonpb.Change) {
 		if !ok || x.deadAtTip(k) {
 			return // nothing to delete (cannot happen for a committed record)
 		}
-		k.cur.revs = append(k.cur.revs, rev)
-		k.cur.tomb = true
-		k.last = rev
+		k.push(rev, true)
 		k.lease = 0
 		x.live--
 		return
@@ -207,26 +281,22 @@ func (x *Index) change(rev int64, c *axonpb.Change) {
 		lease = c.Kv.Lease
 	}
 	if !ok {
-		k = &keyIndex{key: probe.key, last: rev, lease: lease, cur: generation{created: rev, ver: 1, revs: []int64{rev}}}
+		k = &keyIndex{key: probe.key, last: rev, created: rev, ver: 1, lease: lease}
 		x.tree.ReplaceOrInsert(k)
 		x.live++
 		return
 	}
 	k.lease = lease
-	k.last = rev
 	if x.deadAtTip(k) {
-		if len(k.cur.revs) > 0 {
-			k.old = append(k.old, k.cur)
-		}
-		k.cur = generation{created: rev, ver: 1, revs: []int64{rev}}
+		k.begin(rev, rev, 1)
 		x.live++
 		return
 	}
-	k.cur.revs = append(k.cur.revs, rev)
+	k.push(rev, false)
 }
 
 // deadAtTip reports whether k does not exist at the newest revision.
-func (x *Index) deadAtTip(k *keyIndex) bool { return k.cur.tomb || len(k.cur.revs) == 0 }
+func (x *Index) deadAtTip(k *keyIndex) bool { return k.tomb || k.last == 0 }
 
 // SetCompacted records that reads below rev fail from now on.
 func (x *Index) SetCompacted(rev int64) {
@@ -282,9 +352,12 @@ func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn fun
 // compact trims k for a compaction at rev and reports whether nothing of
 // it remains.
 func (k *keyIndex) compact(rev int64, fn func(Compacted)) bool {
+	if k.rest == nil && (k.last > rev || !k.tomb) {
+		return false // one revision, still needed: nothing to drop
+	}
 	var dropped []int64
-	keep := k.old[:0]
-	for _, g := range k.old {
+	var keep []generation
+	for _, g := range k.older() {
 		if g.revs[len(g.revs)-1] <= rev { // whole generation ended by rev (old ones are closed)
 			dropped = append(dropped, g.revs...)
 			continue
@@ -293,29 +366,28 @@ func (k *keyIndex) compact(rev int64, fn func(Compacted)) bool {
 		dropped = append(dropped, d...)
 		keep = append(keep, g)
 	}
-	if len(keep) == 0 {
-		keep = nil
-	}
-	k.old = keep
+	cur := k.cur()
 	gone := false
-	if n := len(k.cur.revs); n > 0 && k.cur.tomb && k.cur.revs[n-1] <= rev {
-		dropped = append(dropped, k.cur.revs...)
-		k.cur = generation{}
-		gone = len(k.old) == 0
+	if n := len(cur.revs); n > 0 && cur.tomb && cur.revs[n-1] <= rev {
+		dropped = append(dropped, cur.revs...)
+		cur = generation{}
+		gone = len(keep) == 0
 	} else if n > 0 {
 		var d []int64
-		k.cur, d = k.cur.trim(rev)
+		cur, d = cur.trim(rev)
 		dropped = append(dropped, d...)
 	}
+	k.setRest(nil, keep)
+	k.setCur(cur)
 	// A key deleted and created again in one transaction ends a generation
 	// at the revision that starts the next one; that stored state belongs
 	// to the new generation and stays.
 	if len(dropped) > 0 {
 		dropped = slices.DeleteFunc(dropped, func(r int64) bool {
-			if len(k.cur.revs) > 0 && k.cur.revs[0] == r {
+			if len(cur.revs) > 0 && cur.revs[0] == r {
 				return true
 			}
-			for _, g := range k.old {
+			for _, g := range keep {
 				if g.revs[0] == r {
 					return true
 				}

@@ -124,7 +124,7 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 		if k == nil {
 			return
 		}
-		if len(k.cur.revs) > 0 && !k.cur.tomb {
+		if k.last != 0 && !k.tomb {
 			x.live++
 		} else {
 			k.lease = 0
@@ -164,29 +164,26 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 
 // restore adds a stored state; a key's states come in revision order.
 func (k *keyIndex) restore(rev int64, kv *stateMeta) {
-	k.last = rev
 	if kv.Deleted {
-		if k.cur.tomb && len(k.cur.revs) > 0 {
-			k.old = append(k.old, k.cur)
-			k.cur = generation{}
+		if k.last == 0 || k.tomb {
+			// A deletion whose creation was compacted away (a compaction
+			// interrupted between them): a generation of its own.
+			k.begin(rev, 0, 0)
+			k.tomb = true
+			return
 		}
-		k.cur.revs = append(k.cur.revs, rev)
-		k.cur.tomb = true
+		k.push(rev, true)
 		return
 	}
-	if !k.cur.tomb && len(k.cur.revs) > 0 && kv.CreateRevision == rev {
+	if k.last != 0 && !k.tomb && kv.CreateRevision == rev {
 		// Deleted and created again in one transaction: only the new
 		// state is stored, the deletion is implied by its create revision.
-		k.cur.revs = append(k.cur.revs, rev)
-		k.cur.tomb = true
+		k.push(rev, true)
 	}
-	if k.cur.tomb || len(k.cur.revs) == 0 {
-		if len(k.cur.revs) > 0 {
-			k.old = append(k.old, k.cur)
-		}
-		k.cur = generation{created: kv.CreateRevision, ver: kv.Version, revs: []int64{rev}}
+	if k.last == 0 || k.tomb {
+		k.begin(rev, kv.CreateRevision, kv.Version)
 	} else {
-		k.cur.revs = append(k.cur.revs, rev)
+		k.push(rev, false)
 	}
 	k.lease = kv.Lease
 }
