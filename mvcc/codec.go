@@ -21,48 +21,13 @@ func EncodeKV(kv *axonpb.KeyValue) []byte {
 // the wire format by hand instead of through reflection; the value is
 // copied once.
 func DecodeKV(b []byte) (*axonpb.KeyValue, error) {
-	kv := &axonpb.KeyValue{}
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		b = b[n:]
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			kv.Value = append([]byte(nil), v...)
-			b = b[n:]
-		case typ == protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			b = b[n:]
-			switch num {
-			case 2:
-				kv.CreateRevision = int64(v)
-			case 3:
-				kv.ModRevision = int64(v)
-			case 4:
-				kv.Version = int64(v)
-			case 5:
-				kv.Lease = int64(v)
-			case 6:
-				kv.Deleted = v != 0
-			}
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			b = b[n:]
-		}
+	var value []byte
+	m, err := decodeState(b, &value)
+	if err != nil {
+		return nil, err
 	}
-	return kv, nil
+	return &axonpb.KeyValue{Value: value, CreateRevision: m.CreateRevision, ModRevision: m.ModRevision,
+		Version: m.Version, Lease: m.Lease, Deleted: m.Deleted}, nil
 }
 
 // ToEtcd converts a stored state to the API form.
@@ -109,14 +74,19 @@ func DecodeRecord(b []byte) (*axonpb.RevisionRecord, error) {
 // decodeMeta reads a stored state's revisions, version, lease and deletion
 // mark without copying its value: rebuilding the index at open reads every
 // history entry, and the values are most of their bytes.
-func decodeMeta(b []byte) (kv stateMeta, err error) {
+func decodeMeta(b []byte) (stateMeta, error) { return decodeState(b, nil) }
+
+// decodeState decodes a stored axonpb.KeyValue; the value is copied into
+// *value unless value is nil.
+func decodeState(b []byte, value *[]byte) (kv stateMeta, err error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return kv, protowire.ParseError(n)
 		}
 		b = b[n:]
-		if typ == protowire.VarintType {
+		switch {
+		case typ == protowire.VarintType:
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
 				return kv, protowire.ParseError(n)
@@ -134,13 +104,20 @@ func decodeMeta(b []byte) (kv stateMeta, err error) {
 			case 6:
 				kv.Deleted = v != 0
 			}
-			continue
+		case num == 1 && typ == protowire.BytesType && value != nil:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return kv, protowire.ParseError(n)
+			}
+			*value = append([]byte(nil), v...)
+			b = b[n:]
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return kv, protowire.ParseError(n)
+			}
+			b = b[n:]
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return kv, protowire.ParseError(n)
-		}
-		b = b[n:]
 	}
 	return kv, nil
 }
