@@ -126,6 +126,24 @@ func (s *Server) stopTail() {
 	}
 }
 
+// catchUp brings a follower's index up to the revision the store holds
+// now; a linearizable read waits for it.
+func (s *Server) catchUp() error {
+	snap, err := s.be.Snapshot()
+	if err != nil {
+		return err
+	}
+	cur, _, err := mvcc.Reader{Snap: snap}.Meta()
+	snap.Close()
+	if err != nil {
+		return err
+	}
+	if irev, _ := s.idx.Rev(); irev >= cur {
+		return nil
+	}
+	return s.tailOnce()
+}
+
 // tailOnce applies every stored revision the index has not seen and
 // publishes it to the hub.
 func (s *Server) tailOnce() error {

@@ -49,7 +49,7 @@ func (k *kvService) tooLarge(m proto.Message) error {
 func (k *kvService) view(serializable bool) (mvcc.IndexSource, int64, int64, error) {
 	s := k.s
 	if !serializable && s.writer() == nil && s.multiNode() {
-		if err := s.tailOnce(); err != nil {
+		if err := s.catchUp(); err != nil {
 			return mvcc.IndexSource{}, 0, 0, status.Error(codes.Unavailable, err.Error())
 		}
 	}
