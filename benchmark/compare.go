@@ -703,6 +703,8 @@ func MetricsFor(workload string) []Metric {
 		return []Metric{
 			{Name: "load objects/s", HigherBetter: true, Value: loadRate},
 			{Name: "RSS MiB", Value: gaugeMiB("rss_bytes")},
+			{Name: "RSS anon MiB", Value: gaugeMiB("rss_anon_bytes")},
+			{Name: "RSS file MiB", Value: gaugeMiB("rss_file_bytes")},
 			{Name: "data dir MiB", Value: gaugeMiB("data_dir_bytes")},
 			{Name: "restart s", Value: func(r *Result) (float64, bool) {
 				v, ok := r.Gauges["restart_s"]

@@ -135,6 +135,35 @@ func ProcessMemory(pid int) (rss, peak int64, err error) {
 	return rss, peak, sc.Err()
 }
 
+// ProcessRSSSplit reads how much of a process's resident set is its own
+// memory (RssAnon) and how much pages of mapped files (RssFile), in bytes.
+func ProcessRSSSplit(pid int) (anon, file int64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || (name != "RssAnon" && name != "RssFile") {
+			continue
+		}
+		fields := strings.Fields(rest)
+		if len(fields) < 1 {
+			continue
+		}
+		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("parse %s: %w", name, err)
+		}
+		if name == "RssAnon" {
+			anon = kb << 10
+		} else {
+			file = kb << 10
+		}
+	}
+	return anon, file, nil
+}
+
 // DirSize is the space dir's files take on disk (allocated blocks, as du
 // counts; preallocated sparse files count only what is written) and their
 // apparent size.

@@ -82,6 +82,13 @@ func measureServer(ctx context.Context, r *run, cli *clientv3.Client) {
 			r.gauge("rss_bytes", float64(rss))
 			r.gauge("rss_peak_bytes", float64(hwm))
 		}
+		// RSS counts the pages of memory-mapped files a server touched
+		// (Badger's tables and logs, bbolt's file) as well as its own
+		// memory: the split tells them apart.
+		if anon, file, err := ProcessRSSSplit(r.cfg.Pid); err == nil {
+			r.gauge("rss_anon_bytes", float64(anon))
+			r.gauge("rss_file_bytes", float64(file))
+		}
 	}
 	if r.cfg.DataDir != "" {
 		alloc, apparent, err := DirSize(r.cfg.DataDir)
