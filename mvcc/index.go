@@ -313,7 +313,7 @@ type Compacted struct {
 	Revs []int64
 }
 
-// CompactStep drops, for at most max keys from after, the revisions a
+// CompactStep drops, for about max keys and revisions from after, the revisions a
 // read at or above rev never needs (for each key the versions at or below
 // rev but the newest, and that one too when it is a deletion) and calls fn
 // with them, so their stored copies can be removed. It returns the last key
@@ -337,7 +337,9 @@ func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn fun
 		}
 		n++
 		last = k.key
-		if gone := k.compact(rev, fn); gone {
+		// The budget counts revisions dropped too, so one step's batch of
+		// deletions stays small however many versions a key had.
+		if gone := k.compact(rev, func(c Compacted) { n += len(c.Revs); fn(c) }); gone {
 			victims = append(victims, k)
 		}
 		return true

@@ -49,7 +49,7 @@ func NewLoader(be backend.Backend) *Loader { return &Loader{be: be} }
 // Put adds one pair; k and v are copied.
 func (l *Loader) Put(k, v []byte) error {
 	l.b.Put(append([]byte(nil), k...), append([]byte(nil), v...))
-	if l.b.Len() >= 1000 || l.b.Bytes() >= 4<<20 {
+	if l.b.Len() >= 1000 || l.b.Bytes() >= 1<<20 {
 		return l.Flush()
 	}
 	return nil

@@ -24,7 +24,10 @@ func (o *WriteOptions) defaults() {
 		o.FlushOps = 10000
 	}
 	if o.FlushBytes <= 0 {
-		o.FlushBytes = 2 << 20
+		// With one request (at most ~1.5 MiB, bigger values leave Badger's
+		// LSM tree) on top, a batch stays within what a 16 MiB memtable
+		// takes in one transaction.
+		o.FlushBytes = 1 << 20
 	}
 }
 

@@ -288,9 +288,10 @@ func (s *Sequencer) RevokeLease(ctx context.Context, id int64) (int64, error) {
 // loop is the writer goroutine. It evaluates groups of requests and hands
 // each to the committer goroutine, which writes and syncs it, then applies
 // it to the index, publishes and acknowledges, in order. Group N+1 is
-// evaluated while group N syncs, through N's pending writes; it is handed
-// over only once N's outcome is known, so a failed group fails the one
-// built on it, and at most one group is ever being synced.
+// evaluated while group N syncs, through N's pending writes, and takes in
+// requests for as long as N is syncing; it is handed over only once N's
+// outcome is known, so a failed group fails the one built on it, and at
+// most one group is ever being synced.
 func (s *Sequencer) loop() {
 	defer close(s.stopped)
 	s.commits = make(chan *group)
@@ -306,33 +307,50 @@ func (s *Sequencer) loop() {
 		close(s.commits)
 		<-committed
 	}()
-	reqs := make([]*request, 0, s.opts.MaxGroupRequests)
 	for {
-		reqs = reqs[:0]
+		var first *request
 		select {
-		case r := <-s.queue:
-			reqs = append(reqs, r)
+		case first = <-s.queue:
 		case <-s.stopping:
-			// Drain what was queued before Close.
+			// Finish what was queued before Close.
+			g := s.newGroup()
 			for {
 				select {
 				case r := <-s.queue:
-					s.runGroup([]*request{r})
+					g = s.add(g, r)
 				default:
+					s.handoff(g)
 					return
 				}
 			}
 		}
-	drain:
-		for len(reqs) < s.opts.MaxGroupRequests {
+		g := s.add(s.newGroup(), first)
+		for g.len() < s.opts.MaxGroupRequests {
+			busy := s.inflight
+			if busy != nil {
+				select {
+				case <-busy.done:
+					busy = nil
+				default:
+				}
+			}
+			if busy == nil {
+				// The committer is free: take what is queued now and go.
+				select {
+				case r := <-s.queue:
+					g = s.add(g, r)
+					continue
+				default:
+				}
+				break
+			}
 			select {
 			case r := <-s.queue:
-				reqs = append(reqs, r)
-			default:
-				break drain
+				g = s.add(g, r)
+			case <-busy.done:
 			}
 		}
-		s.runGroup(reqs)
+		s.handoff(g)
 	}
 }
 
@@ -363,38 +381,36 @@ func (s *Sequencer) drain() {
 	}
 }
 
-// runGroup applies reqs in order, committing as few batches as limits allow.
-func (s *Sequencer) runGroup(reqs []*request) {
-	g := s.newGroup()
-	for _, r := range reqs {
-		if g.needsFlush(r) {
-			// r reads what only committed groups hold: everything before it
-			// is committed first.
-			s.handoff(g)
-			s.drain()
-			g = s.newGroup()
-		} else if g.len() > 0 && (g.tx.Bytes() > s.opts.MaxGroupBytes || g.tx.Flushed()) {
-			s.handoff(g)
-			g = s.newGroup()
-		}
-		res, err := g.apply(r)
-		if err != nil && isInternal(err) {
-			// State of the group is unknown: fail it whole, including r.
-			// Its batches may be in the store: the rollback must not race
-			// the group in flight.
-			g.acks = append(g.acks, ack{r: r})
-			s.drain()
-			s.fail(g, err)
-			g = s.newGroup()
-			continue
-		}
-		a := ack{r: r, res: result{resp: res, err: err}}
-		if p, ok := res.(physical); ok {
-			a.res = result{resp: p.resp, wait: p.done}
-		}
-		g.acks = append(g.acks, a)
+// add applies r to g and returns the group to add to next: g, or a new
+// one when r needed everything before it committed, g grew past its
+// limits, or g failed.
+func (s *Sequencer) add(g *group, r *request) *group {
+	if g.needsFlush(r) {
+		// r reads what only committed groups hold: everything before it
+		// is committed first.
+		s.handoff(g)
+		s.drain()
+		g = s.newGroup()
+	} else if g.len() > 0 && (g.tx.Bytes() > s.opts.MaxGroupBytes || g.tx.Flushed()) {
+		s.handoff(g)
+		g = s.newGroup()
 	}
-	s.handoff(g)
+	res, err := g.apply(r)
+	if err != nil && isInternal(err) {
+		// State of the group is unknown: fail it whole, including r. Its
+		// batches may be in the store: the rollback must not race the
+		// group in flight.
+		g.acks = append(g.acks, ack{r: r})
+		s.drain()
+		s.fail(g, err)
+		return s.newGroup()
+	}
+	a := ack{r: r, res: result{resp: res, err: err}}
+	if p, ok := res.(physical); ok {
+		a.res = result{resp: p.resp, wait: p.done}
+	}
+	g.acks = append(g.acks, a)
+	return g
 }
 
 // internalError marks backend failures, as opposed to request errors.

@@ -33,16 +33,17 @@ const (
 	// below are chosen mainly to keep them small.
 
 	// A memtable's size also caps one transaction: Badger refuses batches
-	// over 15% of it (~4.8 MiB of inline payload or ~52k ops at 32 MiB).
-	// That comfortably holds an etcd request (1.5 MiB by default) plus its
-	// MVCC bookkeeping, and snapshot restore's 4 MiB batches, while halving
-	// the default's 64 MiB of arena and WAL per memtable. It also sizes the
-	// flush builder: a level-0 table is a whole memtable, so a flush
-	// allocates about this much again (60 MiB of allocator with doubling).
-	// Going lower would need smaller restore batches first.
-	memTableSize = 32 << 20
+	// over 15% of it (~2.4 MiB of inline entries at 16 MiB; values at or
+	// over valueThreshold count only as a pointer). Writers above keep
+	// their batches under 1 MiB plus one request (mvcc.WriteOptions,
+	// mvcc.Loader, compaction steps), so 16 MiB holds them. It also sizes
+	// the flush builder: a level-0 table is a whole memtable, and Badger
+	// pools up to eight builders' buffers at the largest size they ever
+	// reached (288 MiB of pooled buffers at 32 MiB after a million
+	// creates); halving the memtable halves that.
+	memTableSize = 16 << 20
 	// Memtables waiting to be flushed are whole arenas of resident memory
-	// (~42 MiB each here); three absorbs a write burst while one flushes,
+	// (~21 MiB each here); three absorbs a write burst while one flushes,
 	// without the default five's footprint.
 	numMemtables = 3
 	// Values below this stay inline in the LSM tree, so range scans (the
