@@ -37,7 +37,10 @@ var (
 type Options struct {
 	// MaxGroupRequests bounds how many queued requests share one commit.
 	MaxGroupRequests int
-	// MaxGroupBytes cuts a group before engine transaction limits.
+	// MaxGroupBytes cuts a group between requests. It is below the size
+	// at which a group's writes go to the backend ahead of its commit
+	// (FlushBytes), so that only a single large request ever does that: an
+	// early batch is a sync the pipeline cannot overlap.
 	MaxGroupBytes int
 	// QueueLength bounds the request queue; callers block beyond it.
 	QueueLength int
@@ -61,7 +64,7 @@ func (o *Options) defaults() {
 		o.MaxGroupRequests = 1024
 	}
 	if o.MaxGroupBytes <= 0 {
-		o.MaxGroupBytes = 4 << 20
+		o.MaxGroupBytes = 512 << 10
 	}
 	if o.QueueLength <= 0 {
 		o.QueueLength = 4096
