@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -104,47 +105,35 @@ func (m *memoryWL) finish(ctx context.Context, r *run) error {
 // ProcessMemory reads a process's resident set size and its peak (VmRSS,
 // VmHWM) from /proc, in bytes.
 func ProcessMemory(pid int) (rss, peak int64, err error) {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	v, err := procStatus(pid, "VmRSS", "VmHWM")
 	if err != nil {
 		return 0, 0, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (name != "VmRSS" && name != "VmHWM") {
-			continue
-		}
-		fields := strings.Fields(rest)
-		if len(fields) < 1 {
-			continue
-		}
-		kb, err := strconv.ParseInt(fields[0], 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("parse %s: %w", name, err)
-		}
-		if name == "VmRSS" {
-			rss = kb << 10
-		} else {
-			peak = kb << 10
-		}
-	}
-	if rss == 0 {
+	if v["VmRSS"] == 0 {
 		return 0, 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 	}
-	return rss, peak, sc.Err()
+	return v["VmRSS"], v["VmHWM"], nil
 }
 
 // ProcessRSSSplit reads how much of a process's resident set is its own
 // memory (RssAnon) and how much pages of mapped files (RssFile), in bytes.
 func ProcessRSSSplit(pid int) (anon, file int64, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	v, err := procStatus(pid, "RssAnon", "RssFile")
+	return v["RssAnon"], v["RssFile"], err
+}
+
+// procStatus reads the named kB fields of /proc/PID/status, in bytes.
+func procStatus(pid int, names ...string) (map[string]int64, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok || (name != "RssAnon" && name != "RssFile") {
+	defer f.Close()
+	out := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), ":")
+		if !ok || !slices.Contains(names, name) {
 			continue
 		}
 		fields := strings.Fields(rest)
@@ -153,15 +142,11 @@ func ProcessRSSSplit(pid int) (anon, file int64, err error) {
 		}
 		kb, err := strconv.ParseInt(fields[0], 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("parse %s: %w", name, err)
+			return nil, fmt.Errorf("parse %s: %w", name, err)
 		}
-		if name == "RssAnon" {
-			anon = kb << 10
-		} else {
-			file = kb << 10
-		}
+		out[name] = kb << 10
 	}
-	return anon, file, nil
+	return out, sc.Err()
 }
 
 // DirSize is the space dir's files take on disk (allocated blocks, as du

@@ -25,6 +25,7 @@ type Index struct {
 	rev       int64 // newest revision applied
 	compacted int64 // reads below it fail
 	live      int64 // keys alive at rev
+	keyBytes  int64 // bytes of the keys held
 }
 
 type keyIndex struct {
@@ -283,6 +284,7 @@ func (x *Index) change(rev int64, c *axonpb.Change) {
 	if !ok {
 		k = &keyIndex{key: probe.key, last: rev, created: rev, ver: 1, lease: lease}
 		x.tree.ReplaceOrInsert(k)
+		x.keyBytes += int64(len(k.key))
 		x.live++
 		return
 	}
@@ -347,6 +349,7 @@ func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn fun
 	x.tree.AscendGreaterOrEqual(&keyIndex{key: after}, visit)
 	for _, k := range victims {
 		x.tree.Delete(k)
+		x.keyBytes -= int64(len(k.key))
 	}
 	return last, more
 }
@@ -430,6 +433,18 @@ func (x *Index) Leased(fn func(id int64, key []byte)) {
 		}
 		return true
 	})
+}
+
+// entryBytes is what one key costs besides its bytes: its 64-byte entry
+// and its slot in the tree's nodes (BenchmarkIndexMemory).
+const entryBytes = 64 + 16
+
+// MemoryBytes estimates the index's memory: entries and keys, not the
+// extra revisions of keys changed since the last compaction.
+func (x *Index) MemoryBytes() int64 {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return int64(x.tree.Len())*entryBytes + x.keyBytes
 }
 
 // Len is the number of keys the index holds (alive or with history).

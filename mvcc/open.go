@@ -130,6 +130,7 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 			k.lease = 0
 		}
 		x.tree.ReplaceOrInsert(k)
+		x.keyBytes += int64(len(k.key))
 		k = nil
 	}
 	start := time.Now()

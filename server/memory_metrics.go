@@ -18,6 +18,7 @@ import (
 //	axon_memory_badger_alloc_bytes        Badger's table-builder buffers (ristretto z.Allocator, pooled ones included)
 //	axon_memory_badger_calloc_bytes       ristretto z.Calloc memory outside the Go heap (jemalloc builds only)
 //	axon_memory_badger_block_cache_bytes  Badger's block cache
+//	axon_memory_index_bytes               the in-memory key index (estimate: entries and keys; Go heap)
 //
 // The Badger figures are 0 for other engines. In the default build (no
 // jemalloc tag) the builder buffers are Go heap, so badger_alloc_bytes is
@@ -39,6 +40,8 @@ var (
 		"Bytes ristretto's z.Calloc holds outside the Go heap (z.NumAllocBytes); 0 unless built with the jemalloc tag.", nil, nil)
 	descBadgerBlockCache = prometheus.NewDesc("axon_memory_badger_block_cache_bytes",
 		"Bytes held by Badger's block cache (0 when it is disabled).", nil, nil)
+	descIndex = prometheus.NewDesc("axon_memory_index_bytes",
+		"Estimated bytes of the in-memory key index (entries and keys); part of the Go heap.", nil, nil)
 )
 
 var memorySamples = []string{
@@ -51,7 +54,7 @@ var memorySamples = []string{
 
 func (memoryCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGoHeapInuse, descGoRuntime, descGoLimit,
-		descBadgerAlloc, descBadgerCalloc, descBadgerBlockCache} {
+		descBadgerAlloc, descBadgerCalloc, descBadgerBlockCache, descIndex} {
 		ch <- d
 	}
 }
@@ -78,6 +81,9 @@ func (c memoryCollector) Collect(ch chan<- prometheus.Metric) {
 		limit = 0
 	}
 	gauge(descGoLimit, limit)
+	if c.s.idx != nil {
+		gauge(descIndex, float64(c.s.idx.MemoryBytes()))
+	}
 
 	var st badger.MemoryStats
 	if e, ok := engineOf(c.s.be).(interface{ MemoryStats() badger.MemoryStats }); ok {

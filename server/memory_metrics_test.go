@@ -27,10 +27,19 @@ func TestMemoryMetrics(t *testing.T) {
 		"axon_memory_badger_alloc_bytes",
 		"axon_memory_badger_calloc_bytes",
 		"axon_memory_badger_block_cache_bytes",
+		"axon_memory_index_bytes",
 	} {
 		if _, ok := have[name]; !ok {
 			t.Errorf("/metrics does not export %s", name)
 		}
+	}
+	// The index estimate counts each key's entry (80 bytes) and its bytes.
+	want := 0
+	for i := range 100 {
+		want += 80 + len(fmt.Sprintf("/registry/pods/default/p%d", i))
+	}
+	if got := have["axon_memory_index_bytes"]; got != float64(want) {
+		t.Errorf("axon_memory_index_bytes = %v for 100 keys, want %d", got, want)
 	}
 	for _, name := range []string{"axon_memory_go_heap_inuse_bytes", "axon_memory_go_runtime_bytes"} {
 		if have[name] <= 0 {
