@@ -184,6 +184,12 @@ func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyVa
 	return emitLoaded(len(es))
 }
 
+// KeyValue is the API form of e without value and lease (what a
+// keys_only answer carries); the key is copied.
+func (e Entry) KeyValue() *mvccpb.KeyValue {
+	return &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
+}
+
 // Loaded is an entry whose whole state is already known (a pending write).
 func Loaded(key string, kv *axonpb.KeyValue) Entry {
 	return Entry{Key: key, Mod: kv.ModRevision, Create: kv.CreateRevision, Version: kv.Version, loaded: kv}
@@ -233,7 +239,7 @@ func ExecRange(src Source, r *pb.RangeRequest, current, compacted int64) (*pb.Ra
 	needValue := !r.KeysOnly || r.SortTarget == pb.RangeRequest_VALUE
 	kvs := make([]*mvccpb.KeyValue, len(entries))
 	for i, e := range entries {
-		kvs[i] = &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
+		kvs[i] = e.KeyValue()
 	}
 	loadAll := func() error {
 		return src.LoadMany(entries, func(i int, st *axonpb.KeyValue) error {

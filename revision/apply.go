@@ -41,7 +41,7 @@ func (w *write) viewRev() int64 {
 // (needsFlush guarantees the index and snapshot hold every older revision).
 func (w *write) Entries(start, end []byte, rev int64, max int) ([]mvcc.Entry, int64, error) {
 	if rev < w.viewRev() {
-		return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.snap}.Entries(start, end, rev, max)
+		return w.g.committed().Entries(start, end, rev, max)
 	}
 	es := w.g.entries(start, end)
 	n := int64(len(es))
@@ -53,12 +53,12 @@ func (w *write) Entries(start, end []byte, rev int64, max int) ([]mvcc.Entry, in
 
 // Load implements mvcc.Source.
 func (w *write) Load(e mvcc.Entry) (*axonpb.KeyValue, error) {
-	return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.snap}.Load(e)
+	return w.g.committed().Load(e)
 }
 
 // LoadMany implements mvcc.Source.
 func (w *write) LoadMany(es []mvcc.Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
-	return mvcc.IndexSource{Idx: w.g.s.idx, Snap: w.g.snap}.LoadMany(es, fn)
+	return w.g.committed().LoadMany(es, fn)
 }
 
 func (w *write) end() {
@@ -386,7 +386,7 @@ func (g *group) compare(c *pb.Compare) (bool, error) {
 		kv := &axonpb.KeyValue{CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
 		if needValue {
 			var err error
-			if kv, err = (&write{g: g}).Load(e); err != nil {
+			if kv, err = g.committed().Load(e); err != nil {
 				return false, internalError{err}
 			}
 		}

@@ -45,18 +45,16 @@ type Options struct {
 	// QueueLength bounds the request queue; callers block beyond it.
 	QueueLength int
 	Logger      *slog.Logger
-	// Fence, when set, is added to every batch's conditions: a deposed
-	// leader's commit then fails instead of writing.
-	Fence func() []backend.Condition
+	// WriteOptions: Fence, when set, is added to every batch's conditions
+	// (a deposed leader's commit then fails instead of writing); FlushOps
+	// and FlushBytes bound one backend batch, a larger revision is written
+	// in several.
+	mvcc.WriteOptions
 	// FenceLost is called when a fenced commit failed its conditions:
 	// another node leads now and this writer must stop.
 	FenceLost func()
 	// CompactBatch is how many keys one physical compaction batch trims.
 	CompactBatch int
-	// FlushOps and FlushBytes bound one backend batch (see
-	// mvcc.WriteOptions): a larger revision is written in several.
-	FlushOps   int
-	FlushBytes int
 }
 
 func (o *Options) defaults() {
@@ -535,7 +533,7 @@ type ack struct {
 
 func (s *Sequencer) newGroup() *group {
 	g := &group{s: s, overlay: map[string]*axonpb.KeyValue{}, attach: map[attachRef]bool{}, done: make(chan struct{}),
-		tx: mvcc.NewWriteTxn(s.be, mvcc.WriteOptions{Fence: s.opts.Fence, FlushOps: s.opts.FlushOps, FlushBytes: s.opts.FlushBytes})}
+		tx: mvcc.NewWriteTxn(s.be, s.opts.WriteOptions)}
 	if p := s.inflight; p != nil {
 		select {
 		case <-p.done:
@@ -604,7 +602,7 @@ func (g *group) latest(key []byte) (*axonpb.KeyValue, error) {
 	if g.snap == nil {
 		return nil, internalError{backend.ErrClosed}
 	}
-	kv, err := mvcc.Reader{Snap: g.snap}.At(key, e.Mod)
+	kv, err := g.committed().Load(e)
 	if err != nil {
 		return nil, internalError{err}
 	}
@@ -669,6 +667,10 @@ func (g *group) entries(start, end []byte) []mvcc.Entry {
 	}
 	return out
 }
+
+// committed reads what is committed up to snapRev: the index and the
+// group's snapshot.
+func (g *group) committed() mvcc.IndexSource { return mvcc.IndexSource{Idx: g.s.idx, Snap: g.snap} }
 
 // pending returns key's state as written by this group or the one in
 // flight before it (nil: deleted); ok is false when neither touched it.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/proto/axonpb"
 	"github.com/axon-kv/axon/revision"
 )
 
@@ -131,23 +132,28 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 		chunk []*mvccpb.KeyValue
 		size  int
 	)
-	for _, e := range entries {
-		kv := &mvccpb.KeyValue{Key: []byte(e.Key), CreateRevision: e.Create, ModRevision: e.Mod, Version: e.Version}
-		if !r.KeysOnly { // keys_only answers come from the index, without leases, as etcd's
-			st, err := src.Load(e)
-			if err != nil {
-				return err
-			}
-			kv.Value, kv.Lease = st.Value, st.Lease
-		}
+	add := func(kv *mvccpb.KeyValue) error {
 		chunk = append(chunk, kv)
 		size += len(kv.Key) + len(kv.Value) + 32
-		if size >= streamChunkBytes {
-			if err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: chunk}}); err != nil {
+		if size < streamChunkBytes {
+			return nil
+		}
+		err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: chunk}})
+		chunk, size = nil, 0
+		return err
+	}
+	if r.KeysOnly { // answered from the index, without leases, as etcd's
+		for _, e := range entries {
+			if err := add(e.KeyValue()); err != nil {
 				return err
 			}
-			chunk, size = nil, 0
 		}
+	} else if err := src.LoadMany(entries, func(i int, st *axonpb.KeyValue) error {
+		kv := entries[i].KeyValue()
+		kv.Value, kv.Lease = st.Value, st.Lease
+		return add(kv)
+	}); err != nil {
+		return err
 	}
 	last := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, Kvs: chunk, Count: count}
 	last.More = r.Limit > 0 && count > r.Limit
