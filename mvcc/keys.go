@@ -46,6 +46,10 @@ var (
 	MetaCompacted = []byte("m/compacted")
 	// MetaCompactDone holds the revision whose physical compaction finished.
 	MetaCompactDone = []byte("m/compact-done")
+	// MetaStoreID identifies the store: set once when it is created and
+	// kept by copies (snapshot restore, migrate), so a data dir's witness
+	// can tell it from another store's files.
+	MetaStoreID = []byte("m/store-id")
 	// MetaLeader holds the leader record (axonpb.LeaderRecord), renewed by
 	// the leader.
 	MetaLeader = []byte("m/leader")

@@ -2,6 +2,8 @@ package mvcc
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -74,6 +76,12 @@ func Recover(be backend.Backend, fence func() []backend.Condition) (int, error) 
 	if fresh {
 		t.batch.Put(MetaFormat, []byte(strconv.Itoa(FormatVersion)))
 	}
+	if id, err := (Reader{Snap: snap}).get(MetaStoreID); err != nil {
+		return 0, err
+	} else if id == nil {
+		// Stores created before identities existed get one now.
+		t.batch.Put(MetaStoreID, []byte(newStoreID()))
+	}
 	rolled := 0
 	err = snap.Scan(RevisionKey(cur+1), []byte{prefixRevision + 1}, backend.ScanOptions{}, func(k, v []byte) error {
 		rec, err := DecodeRecord(v)
@@ -97,6 +105,39 @@ func Recover(be backend.Backend, fence func() []backend.Condition) (int, error) 
 		return rolled, nil
 	}
 	return rolled, t.write()
+}
+
+// Identity returns the store's id and current revision; fresh reports a
+// store that holds nothing at all (not even a format record), which is what
+// an engine whose files were lost opens as. It writes nothing.
+func Identity(be backend.Backend) (id string, rev int64, fresh bool, err error) {
+	snap, err := be.Snapshot()
+	if err != nil {
+		return "", 0, false, err
+	}
+	defer snap.Close()
+	r := Reader{Snap: snap}
+	f, err := r.get(MetaFormat)
+	if err != nil {
+		return "", 0, false, err
+	}
+	b, err := r.get(MetaRevision)
+	if err != nil {
+		return "", 0, false, err
+	}
+	v, err := r.get(MetaStoreID)
+	if err != nil {
+		return "", 0, false, err
+	}
+	return string(v), DecodeRev(b), f == nil && b == nil, nil
+}
+
+func newStoreID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // LoadIndex checks the store's format and builds the key index from the

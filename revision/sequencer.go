@@ -77,6 +77,8 @@ func (o *Options) defaults() {
 
 // GroupStats is reported after every committed group (for metrics).
 type GroupStats struct {
+	// Rev is the revision the store holds durably once the group committed.
+	Rev      int64
 	Requests int
 	Bytes    int
 	Commit   time.Duration
@@ -464,7 +466,7 @@ func (s *Sequencer) commit(g *group) {
 			return
 		}
 		if s.OnGroup != nil {
-			s.OnGroup(GroupStats{Requests: len(g.acks), Bytes: g.tx.Bytes(), Commit: time.Since(start)})
+			s.OnGroup(GroupStats{Rev: g.rev, Requests: len(g.acks), Bytes: g.tx.Bytes(), Commit: time.Since(start)})
 		}
 		// Readers take the index's revision, then a snapshot: the index
 		// moves only once the store holds what it names.

@@ -107,6 +107,9 @@ func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }
 func (s *Server) ObserveGroup(st revision.GroupStats) {
 	s.metrics.groupSize.Observe(float64(st.Requests))
 	s.metrics.groupCommit.Observe(st.Commit.Seconds())
+	if s.witness != nil {
+		s.witness.Advance(st.Rev)
+	}
 }
 
 // stateCollector reads gauges from the server at scrape time.

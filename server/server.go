@@ -32,6 +32,7 @@ import (
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/revision"
 	"github.com/axon-kv/axon/watch"
+	"github.com/axon-kv/axon/witness"
 )
 
 // grpcOverheadBytes is what etcd allows on top of --max-request-bytes for
@@ -43,14 +44,18 @@ const grpcOverheadBytes = 512 * 1024
 type Server struct {
 	cfg Config
 
-	be      backend.Backend
-	ownsBE  bool
-	seq     atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
-	idx     *mvcc.Index                        // committed keys by revision; readers start here
-	hub     *watch.Hub
-	leases  *lease.Manager
-	elector *leader.Elector
-	closing atomic.Bool
+	be     backend.Backend
+	ownsBE bool
+	// badgerDB is be's engine when this node owns a Badger data dir; with
+	// witness, they guard the dir against being served damaged (witness.go).
+	badgerDB *badger.DB
+	witness  *witness.Writer
+	seq      atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
+	idx      *mvcc.Index                        // committed keys by revision; readers start here
+	hub      *watch.Hub
+	leases   *lease.Manager
+	elector  *leader.Elector
+	closing  atomic.Bool
 	roleState
 
 	memberID  uint64
@@ -94,7 +99,8 @@ func New(cfg Config) (*Server, error) {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}
-		s.be, err = badger.Open(badger.Options{Dir: filepath.Join(cfg.DataDir, "badger"), Logger: cfg.Logger})
+		s.badgerDB, err = badger.Open(badger.Options{Dir: filepath.Join(cfg.DataDir, "badger"), Logger: cfg.Logger})
+		s.be = s.badgerDB
 		s.ownsBE = true
 	case cfg.Backend == "memory":
 		s.be, err = badger.Open(badger.Options{InMemory: true, Logger: cfg.Logger})
@@ -110,6 +116,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.be = instrumented{Backend: s.be, m: s.metrics}
 	if err := s.recover(); err != nil {
+		if s.witness != nil {
+			s.witness.Close()
+		}
 		if s.ownsBE {
 			s.be.Close()
 		}
@@ -132,12 +141,24 @@ func (s *Server) recover() error {
 		// One node writes alone: an unfinished revision is rolled back
 		// before the index is built. Nodes sharing a backend leave that to
 		// whoever leads, behind its fence.
+		verified := false
+		if s.usesWitness() {
+			var err error
+			if verified, err = s.checkWitness(); err != nil {
+				return err
+			}
+		}
 		rolled, err := mvcc.Recover(s.be, nil)
 		if err != nil {
 			return fmt.Errorf("load state: %w", err)
 		}
 		if rolled > 0 {
 			s.cfg.Logger.Warn("rolled back an unfinished revision (a crash in the middle of a large write)", "record_chunks", rolled)
+		}
+		if s.usesWitness() {
+			if err := s.startWitness(verified); err != nil {
+				return err
+			}
 		}
 	}
 	start := time.Now()
@@ -300,6 +321,11 @@ func (s *Server) Close() error {
 		s.stopTail()
 		s.roleMu.Unlock()
 		s.hub.Close()
+		if s.witness != nil {
+			if err := s.witness.Close(); err != nil {
+				s.cfg.Logger.Warn("closing the witness", "err", err)
+			}
+		}
 		s.connMu.Lock()
 		for _, c := range s.conns {
 			c.Close()
@@ -333,6 +359,9 @@ func (s *Server) Kill() {
 		s.stopTail()
 		s.roleMu.Unlock()
 		s.hub.Close()
+		if s.witness != nil {
+			s.witness.Close() // holds only what was durable already
+		}
 	})
 }
 

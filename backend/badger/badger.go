@@ -109,6 +109,7 @@ type DB struct {
 	dir      string
 	inMemory bool
 	log      *slog.Logger
+	rescue   string // see preflight
 	gate     gate
 
 	// Conflict detection is off, so a batch's conditions only hold if no
@@ -204,11 +205,18 @@ func Open(opts Options) (*DB, error) {
 		bo = bo.WithValueThreshold(inMemoryMaxValue)
 	}
 
-	db, err := badgerdb.OpenManaged(bo)
+	var rescue string
+	if !opts.InMemory {
+		var err error
+		if rescue, err = preflight(opts.Dir, bo, logger); err != nil {
+			return nil, err
+		}
+	}
+	db, err := openManaged(bo)
 	if err != nil {
 		return nil, fmt.Errorf("badger: open %q: %w", opts.Dir, err)
 	}
-	d := &DB{db: db, dir: opts.Dir, inMemory: opts.InMemory, log: logger}
+	d := &DB{db: db, dir: opts.Dir, inMemory: opts.InMemory, log: logger, rescue: rescue}
 	// Every commit is stored at its timestamp (in the WAL, memtables and
 	// tables alike, and value-log GC rewrites keep versions), so the newest
 	// stored version is the newest acknowledged commit or a later one that
@@ -223,6 +231,17 @@ func Open(opts Options) (*DB, error) {
 	d.bgDone = make(chan struct{})
 	go d.background()
 	return d, nil
+}
+
+// openManaged turns a panic inside Badger's open into an error: a store
+// that cannot be opened must be refused with a message, not a stack trace.
+func openManaged(bo badgerdb.Options) (db *badgerdb.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: the engine failed to open it: %v", ErrDamaged, firstLine(fmt.Sprint(r)))
+		}
+	}()
+	return badgerdb.OpenManaged(bo)
 }
 
 // Snapshot implements backend.Backend. It reads at the newest published
