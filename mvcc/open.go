@@ -3,8 +3,8 @@ package mvcc
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
