@@ -3,6 +3,7 @@
 //
 //	axon serve [flags]   run a member (flags mirror etcd's names)
 //	axon version         print the Axon, etcd API and Go versions
+//	axon check DATA_DIR  verify a stopped member's data dir offline
 package main
 
 import (
@@ -41,7 +42,7 @@ func newRootCmd(environ []string, run serveFunc) *cobra.Command {
 		// No-op: only subcommands do something.
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
-	root.AddCommand(newServeCmd(environ, run), newVersionCmd(), newBenchCmd(), newSnapshotCmd(), newMigrateCmd())
+	root.AddCommand(newServeCmd(environ, run), newVersionCmd(), newBenchCmd(), newSnapshotCmd(), newMigrateCmd(), newCheckCmd())
 	return root
 }
 
