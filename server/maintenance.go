@@ -82,7 +82,10 @@ func (m *maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*
 	defer snap.Close()
 	h, err := mvcc.Reader{Snap: snap}.HashKV(r.Revision, m.s.hashes)
 	if err != nil {
-		return nil, err
+		if _, ok := status.FromError(err); ok {
+			return nil, err // etcd's compacted and future revision errors
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	hdr := m.s.header()
 	hdr.Revision = h.Current
