@@ -40,6 +40,8 @@ import (
 // Revision records below the compacted revision are removed by
 // compaction, so the sub of a state surviving there is written into the
 // state itself first (see persistSubs).
+
+// castagnoli is the CRC etcd's hashes use.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // hashBucketName is etcd's key bucket name, the first bytes etcd hashes.
