@@ -103,6 +103,8 @@ func decodeState(b []byte, value *[]byte) (kv stateMeta, err error) {
 				kv.Lease = int64(v)
 			case 6:
 				kv.Deleted = v != 0
+			case subField:
+				kv.Sub, kv.HasSub = int64(v), true
 			}
 		case num == 1 && typ == protowire.BytesType && value != nil:
 			v, n := protowire.ConsumeBytes(b)
@@ -126,4 +128,8 @@ func decodeState(b []byte, value *[]byte) (kv stateMeta, err error) {
 type stateMeta struct {
 	CreateRevision, ModRevision, Version, Lease int64
 	Deleted                                     bool
+	// Sub is the sub-revision compaction wrote into a state whose
+	// revision record it removed (see persistSubs); HasSub tells it is set.
+	Sub    int64
+	HasSub bool
 }

@@ -57,6 +57,9 @@ func CompactHistory(be backend.Backend, idx *Index, rev int64, batch int, quit <
 		return err
 	}
 	defer snap.Close()
+	if err := persistSubs(be, snap, rev); err != nil {
+		return err
+	}
 	err = snap.Scan(RevisionKey(0), RevisionKey(rev), backend.ScanOptions{KeysOnly: true}, func(k, _ []byte) error {
 		b.Delete(append([]byte(nil), k...))
 		if b.Len() >= batch {

@@ -8,6 +8,7 @@
 // is numeric order). A value is stored once, in its history entry:
 //
 //	'h' esc(key) 0x00 0x01 rev       axonpb.KeyValue: key's state at main revision rev (tombstone when deleted)
+//	                                 (+ field 7, its sub-revision, once compaction removed its record: hash.go)
 //	'r' rev chunk                    axonpb.RevisionRecord: the changes of rev without values, in chunks
 //	'l' id                           axonpb.Lease
 //	'm' name                         meta: format, current revision, compacted revision, leader record

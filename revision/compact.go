@@ -17,6 +17,7 @@ type compactor struct {
 
 	mu      sync.Mutex
 	target  int64
+	resumed int64 // a compaction a crash interrupted: its hash is not kept
 	waiters []chan struct{}
 	wake    chan struct{}
 	quit    chan struct{}
@@ -32,6 +33,7 @@ func (c *compactor) start() {
 	if rev, err := mvcc.CompactionPending(c.be); err != nil {
 		c.opts.Logger.Error("reading compaction progress", "err", err)
 	} else if rev > 0 {
+		c.resumed = rev
 		c.schedule(rev, nil)
 	}
 	go c.loop()
@@ -66,7 +68,13 @@ func (c *compactor) loop() {
 		c.mu.Lock()
 		target, waiters := c.target, c.waiters
 		c.waiters = nil
+		resumed := c.resumed == target
 		c.mu.Unlock()
+		// As etcd, which does not keep the hash of a compaction it resumes:
+		// part of what it covers may be gone already.
+		if c.opts.Hashes != nil && !resumed {
+			c.storeHash(target)
+		}
 		err := mvcc.CompactHistory(c.be, c.idx, target, c.opts.CompactBatch, c.quit)
 		switch {
 		case errors.Is(err, mvcc.ErrInterrupted):
@@ -80,4 +88,21 @@ func (c *compactor) loop() {
 			close(w)
 		}
 	}
+}
+
+// storeHash computes the hash of the compaction at rev before it removes
+// anything; a failure only costs etcd's cached answer for rev.
+func (c *compactor) storeHash(rev int64) {
+	snap, err := c.be.Snapshot()
+	if err != nil {
+		c.opts.Logger.Warn("compaction hash", "revision", rev, "err", err)
+		return
+	}
+	defer snap.Close()
+	h, err := mvcc.Reader{Snap: snap}.CompactionHash(rev)
+	if err != nil {
+		c.opts.Logger.Warn("compaction hash", "revision", rev, "err", err)
+		return
+	}
+	c.opts.Hashes.Store(h)
 }

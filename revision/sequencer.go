@@ -55,6 +55,9 @@ type Options struct {
 	FenceLost func()
 	// CompactBatch is how many keys one physical compaction batch trims.
 	CompactBatch int
+	// Hashes, when set, receives the hash of each compaction's revisions
+	// (mvcc.Reader.CompactionHash), computed before they are removed.
+	Hashes *mvcc.HashCache
 }
 
 func (o *Options) defaults() {

@@ -47,7 +47,7 @@ func (s *Server) becomeLeader(term int64) error {
 		s.startTail()
 		return fmt.Errorf("catch up before leading: %w", err)
 	}
-	opts := revision.Options{Logger: s.cfg.Logger, MaxGroupRequests: s.cfg.MaxGroupRequests, QueueLength: s.cfg.WriteQueueLength}
+	opts := revision.Options{Logger: s.cfg.Logger, MaxGroupRequests: s.cfg.MaxGroupRequests, QueueLength: s.cfg.WriteQueueLength, Hashes: s.hashes}
 	if s.elector != nil {
 		opts.Fence = s.elector.Fence
 		opts.FenceLost = s.elector.StepDown

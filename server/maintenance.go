@@ -4,14 +4,19 @@ import (
 	"context"
 	"os"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/axon-kv/axon/mvcc"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/version"
 )
 
 // maintenanceService answers the probes clients make, alarms (quota.go)
-// and snapshots (snapshot.go). Calls that would change the member or read
-// raw storage (Defragment, Hash, MoveLeader, Downgrade) answer
-// Unimplemented through the embedded type.
+// snapshots (snapshot.go) and hashes. Calls that would change the member
+// (Defragment, MoveLeader, Downgrade) answer Unimplemented through the
+// embedded type.
 type maintenanceService struct {
 	pb.UnimplementedMaintenanceServer
 	s *Server
@@ -65,4 +70,42 @@ func (c *clusterService) MemberList(ctx context.Context, _ *pb.MemberListRequest
 		Header:  c.s.header(),
 		Members: []*pb.Member{{ID: c.s.memberID, Name: name, ClientURLs: c.s.ClientURLs()}},
 	}, nil
+}
+
+// HashKV answers etcd's hash of the key space at a revision, equal to what
+// etcd answers after the same requests (see mvcc.Reader.HashKV).
+func (m *maintenanceService) HashKV(ctx context.Context, r *pb.HashKVRequest) (*pb.HashKVResponse, error) {
+	snap, err := m.s.be.Snapshot()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	defer snap.Close()
+	h, err := mvcc.Reader{Snap: snap}.HashKV(r.Revision, m.s.hashes)
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return nil, err // etcd's compacted and future revision errors
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	hdr := m.s.header()
+	hdr.Revision = h.Current
+	return &pb.HashKVResponse{Header: hdr, Hash: h.Hash, CompactRevision: h.CompactRevision, HashRevision: h.Revision}, nil
+}
+
+// Hash answers a hash of the whole store. etcd hashes its bbolt file,
+// which Axon does not have: the number is only comparable between Axon
+// members (see mvcc.Reader.Hash).
+func (m *maintenanceService) Hash(ctx context.Context, _ *pb.HashRequest) (*pb.HashResponse, error) {
+	snap, err := m.s.be.Snapshot()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	defer snap.Close()
+	h, cur, err := mvcc.Reader{Snap: snap}.Hash()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	hdr := m.s.header()
+	hdr.Revision = cur
+	return &pb.HashResponse{Header: hdr, Hash: h}, nil
 }

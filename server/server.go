@@ -52,6 +52,7 @@ type Server struct {
 	witness  *witness.Writer
 	seq      atomic.Pointer[revision.Sequencer] // the local writer, nil on a follower
 	idx      *mvcc.Index                        // committed keys by revision; readers start here
+	hashes   *mvcc.HashCache                    // compaction hashes HashKV answers first, as etcd
 	hub      *watch.Hub
 	leases   *lease.Manager
 	elector  *leader.Elector
@@ -88,7 +89,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NodeID == "" {
 		cfg.NodeID = defaultNodeID(cfg)
 	}
-	s := &Server{cfg: cfg, startedAt: time.Now(), metrics: newMetrics()}
+	s := &Server{cfg: cfg, startedAt: time.Now(), metrics: newMetrics(), hashes: &mvcc.HashCache{}}
 	s.quota.limit.Store(cfg.QuotaBackendBytes)
 	s.conns = map[string]*grpc.ClientConn{}
 	var err error
