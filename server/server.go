@@ -138,11 +138,11 @@ func (s *Server) recover() error {
 	if !s.multiNode() {
 		s.clusterID = hashID("axon-cluster:" + s.cfg.DataDir)
 	}
+	verified := false
 	if !s.multiNode() {
 		// One node writes alone: an unfinished revision is rolled back
 		// before the index is built. Nodes sharing a backend leave that to
 		// whoever leads, behind its fence.
-		verified := false
 		if s.usesWitness() {
 			var err error
 			if verified, err = s.checkWitness(); err != nil {
@@ -156,11 +156,6 @@ func (s *Server) recover() error {
 		if rolled > 0 {
 			s.cfg.Logger.Warn("rolled back an unfinished revision (a crash in the middle of a large write)", "record_chunks", rolled)
 		}
-		if s.usesWitness() {
-			if err := s.startWitness(verified); err != nil {
-				return err
-			}
-		}
 	}
 	start := time.Now()
 	idx, err := mvcc.LoadIndex(s.be)
@@ -168,6 +163,13 @@ func (s *Server) recover() error {
 		return fmt.Errorf("load state: %w", err)
 	}
 	s.idx = idx
+	if s.usesWitness() {
+		// Only now, with every value of the store read once, is it known
+		// to be whole.
+		if err := s.startWitness(verified); err != nil {
+			return err
+		}
+	}
 	cur, comp := idx.Rev()
 	s.cfg.Logger.Info("built the key index", "keys", idx.Len(), "live", idx.Live(), "revision", cur, "took", time.Since(start).String())
 	s.hub = watch.NewHub(history{s.be}, watch.Options{CurrentRev: cur, CompactedRev: comp})

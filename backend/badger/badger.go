@@ -199,6 +199,9 @@ func Open(opts Options) (*DB, error) {
 		// Size is computed here (see Size); Badger's expvar metrics are
 		// process-global and would only duplicate it.
 		WithMetricsEnabled(false).
+		// Values too big for the LSM tree live in the value log; a damaged
+		// entry there must be an error, not different bytes.
+		WithVerifyValueChecksum(true).
 		WithLogger(slogAdapter{logger})
 
 	if opts.InMemory {
@@ -511,6 +514,9 @@ func (s *snapshot) Get(key []byte) ([]byte, error) {
 		return nil, fmt.Errorf("badger: get %q: %w", key, err)
 	}
 	v, err := item.ValueCopy(nil)
+	if err == nil {
+		err = checkRead(item, v)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("badger: get %q: %w", key, err)
 	}
@@ -570,6 +576,9 @@ func (s *snapshot) Scan(start, end []byte, opts backend.ScanOptions, fn func(key
 			err = fn(k, nil)
 		} else {
 			err = item.Value(func(v []byte) error {
+				if err := checkRead(item, v); err != nil {
+					return err
+				}
 				if v == nil {
 					v = emptyValue
 				}
@@ -585,6 +594,17 @@ func (s *snapshot) Scan(start, end []byte, opts backend.ScanOptions, fn func(key
 		if n++; opts.Limit > 0 && n >= opts.Limit {
 			break
 		}
+	}
+	return nil
+}
+
+// checkRead turns a value Badger could not read into an error. Badger
+// only logs a value-log read that fails (a damaged or cut value log, or a
+// checksum mismatch) and hands back an empty value, which would be served as
+// a key with no value.
+func checkRead(item *badgerdb.Item, v []byte) error {
+	if len(v) == 0 && item.ValueSize() > 0 {
+		return fmt.Errorf("%w: the value of %q at version %d cannot be read from the value log", ErrDamaged, item.Key(), item.Version())
 	}
 	return nil
 }

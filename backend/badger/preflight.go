@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +37,8 @@ const RescuePrefix = "rescue-"
 // a crash (a MANIFEST missing beside table files, a listed table missing or
 // damaged) and, when Badger is about to delete or cut something, first
 // moves the unlisted tables and copies the logs and the MANIFEST into a
-// rescue directory. The caller decides, once the store is open and checked
+// rescue directory (logs only when Badger would cut data from them, see
+// validLogEnd). The caller decides, once the store is open and checked
 // against what it acknowledged before, whether that copy was garbage left by
 // a crash (Discard) or the only copy of the data (keep it and refuse).
 func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string, err error) {
@@ -48,7 +50,11 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 		return "", fmt.Errorf("badger: read data dir: %w", err)
 	}
 	tables := map[uint64]string{}
-	var wals []string
+	var (
+		wals      []string
+		lastVlog  string
+		lastVlogN = -1
+	)
 	hasManifest := false
 	for _, e := range entries {
 		name := e.Name()
@@ -62,6 +68,10 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 		case strings.HasSuffix(name, ".mem"):
 			if fi, err := e.Info(); err == nil && fi.Size() > 0 {
 				wals = append(wals, filepath.Join(dir, name))
+			}
+		case strings.HasSuffix(name, ".vlog"):
+			if n, err := strconv.Atoi(strings.TrimSuffix(name, ".vlog")); err == nil && n > lastVlogN {
+				lastVlog, lastVlogN = filepath.Join(dir, name), n
 			}
 		}
 	}
@@ -98,7 +108,23 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 			orphans = append(orphans, path)
 		}
 	}
-	if len(orphans) == 0 && len(wals) == 0 && truncAt == manifestSize {
+	// Badger cuts every write-ahead log, and the newest value log, at the
+	// first record it cannot read: keep a copy of those that hold data
+	// past that point.
+	var cut []string
+	if lastVlog != "" {
+		wals = append(wals, lastVlog)
+	}
+	for _, p := range wals {
+		valid, data, err := validLogEnd(p)
+		if err != nil {
+			return "", fmt.Errorf("badger: read %s: %w", filepath.Base(p), err)
+		}
+		if data > valid {
+			cut = append(cut, p)
+		}
+	}
+	if len(orphans) == 0 && len(cut) == 0 && truncAt == manifestSize {
 		return "", nil
 	}
 	// Keep everything Badger's open may delete or cut. Unlisted tables are
@@ -114,7 +140,7 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 			return rescue, fmt.Errorf("badger: move unlisted table aside: %w", err)
 		}
 	}
-	for _, p := range append(wals, filepath.Join(dir, "MANIFEST")) {
+	for _, p := range append(cut, filepath.Join(dir, "MANIFEST")) {
 		if err := copyFile(p, filepath.Join(rescue, filepath.Base(p))); err != nil {
 			return rescue, fmt.Errorf("badger: copy %s aside: %w", filepath.Base(p), err)
 		}
@@ -126,7 +152,7 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 		return rescue, err
 	}
 	log.Info("kept a copy of what opening the store may delete or cut, until the store is verified",
-		"rescue-dir", rescue, "unlisted-tables", len(orphans), "logs", len(wals),
+		"rescue-dir", rescue, "unlisted-tables", len(orphans), "logs-to-cut", len(cut),
 		"manifest-tail-bytes", manifestSize-truncAt)
 	return rescue, nil
 }
