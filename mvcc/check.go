@@ -90,6 +90,12 @@ func (r *CheckReport) problem(kind ProblemKind, format string, args ...any) {
 	}
 }
 
+// AddProblem records a problem found outside the store's own records (the
+// data dir's witness, for one).
+func (r *CheckReport) AddProblem(kind ProblemKind, format string, args ...any) {
+	r.problem(kind, format, args...)
+}
+
 func (r *CheckReport) note(format string, args ...any) {
 	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
 }
@@ -361,7 +367,7 @@ func (c *checker) checkMeta() (ok bool, err error) {
 		c.r.problem(ProblemMeta, "m/leader-term holds %d bytes, not an 8-byte term", len(b))
 	}
 	known := map[string]bool{}
-	for _, k := range [][]byte{MetaFormat, MetaRevision, MetaCompacted, MetaCompactDone, MetaLeader, MetaLeaderTerm} {
+	for _, k := range [][]byte{MetaFormat, MetaRevision, MetaCompacted, MetaCompactDone, MetaLeader, MetaLeaderTerm, MetaStoreID} {
 		known[string(k)] = true
 	}
 	err = c.snap.Scan([]byte{prefixMeta}, []byte{prefixMeta + 1}, backend.ScanOptions{KeysOnly: true}, func(k, _ []byte) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/axon-kv/axon/backend/badger"
 	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/witness"
 )
 
 // checkListed bounds the problems printed: the first ones locate the
@@ -69,6 +70,11 @@ func runCheck(dataDir string, stdout, stderr io.Writer) error {
 		if strings.Contains(err.Error(), "Another process is using this Badger database") {
 			return fmt.Errorf("%s is in use by another process (is an axon server running on it?); stop it before checking: %w", dataDir, err)
 		}
+		if errors.Is(err, badger.ErrDamaged) {
+			// The same refusal axon serve would give; nothing was opened.
+			fmt.Fprintf(stdout, "%s: FAILED\n  %v\n  storage format checks skipped: the engine's files are damaged\n", dataDir, err)
+			return errors.New("check failed: damaged engine files")
+		}
 		return err
 	}
 	defer db.Close()
@@ -94,11 +100,44 @@ func runCheck(dataDir string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("check %s: %w", dataDir, err)
 	}
+	witnessed := checkWitness(db, dataDir, rep)
 	printCheckReport(stdout, dataDir, rep)
 	if !rep.OK() {
 		return fmt.Errorf("check failed: %d problem(s)", rep.ProblemCount)
 	}
+	if witnessed && db.Rescue() != "" {
+		// What opening set aside was only a crash's leftovers.
+		if err := db.DiscardRescue(); err != nil {
+			fmt.Fprintf(stderr, "cannot remove %s: %v\n", db.Rescue(), err)
+		}
+	}
 	return nil
+}
+
+// checkWitness compares the store with the data dir's witness, as `axon
+// serve` does at start, and reports whether it matched one.
+func checkWitness(db *badger.DB, dataDir string, rep *mvcc.CheckReport) bool {
+	rec, ok, err := witness.Read(dataDir)
+	switch {
+	case err != nil:
+		rep.Notes = append(rep.Notes, fmt.Sprintf("witness unreadable (%v): axon serve will rewrite it from the store", err))
+		return false
+	case !ok:
+		rep.Notes = append(rep.Notes, "no witness file: axon serve will write one from the store")
+		return false
+	}
+	id, rev, fresh, err := mvcc.Identity(db)
+	switch {
+	case err != nil:
+		rep.AddProblem(mvcc.ProblemMeta, "reading the store identity: %v", err)
+	case fresh || id != rec.StoreID:
+		rep.AddProblem(mvcc.ProblemMeta, "the witness names store %s at revision %d, the engine holds store %q: axon serve refuses it", rec.StoreID, rec.Revision, id)
+	case rev < rec.Revision:
+		rep.AddProblem(mvcc.ProblemMeta, "the store is at revision %d but revision %d was durably committed (witness): axon serve refuses it", rev, rec.Revision)
+	default:
+		return true
+	}
+	return false
 }
 
 func printCheckReport(w io.Writer, dataDir string, r *mvcc.CheckReport) {

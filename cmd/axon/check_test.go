@@ -13,6 +13,7 @@ import (
 	"github.com/axon-kv/axon/backend/badger"
 	"github.com/axon-kv/axon/internal/testenv"
 	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/witness"
 	"github.com/axon-kv/axon/server"
 )
 
@@ -149,6 +150,27 @@ func TestCheckCommand(t *testing.T) {
 		want := fmt.Sprintf("problem: missing-history: revision %d changed %q but its history entry is missing", rev, key)
 		if !strings.Contains(out, dir+": FAILED") || !strings.Contains(out, want) {
 			t.Errorf("output lacks FAILED and %q:\n%s", want, out)
+		}
+	})
+
+	t.Run("older than its witness", func(t *testing.T) {
+		dir := copyTree(t, dataDir)
+		rec, ok, err := witness.Read(dir)
+		if err != nil || !ok {
+			t.Fatalf("no witness after a clean stop: ok=%v err=%v", ok, err)
+		}
+		if rec.Revision != w.Revision {
+			t.Errorf("witness at revision %d, store at %d", rec.Revision, w.Revision)
+		}
+		rec.Revision += 5
+		ww, err := witness.Create(dir, rec, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ww.Close()
+		out, err := runAxon(t, "check", dir)
+		if err == nil || !strings.Contains(out, "was durably committed (witness)") {
+			t.Errorf("check of a store older than its witness: err %v\n%s", err, out)
 		}
 	})
 
