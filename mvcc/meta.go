@@ -24,6 +24,17 @@ func TermFence(term int64) []backend.Condition {
 	return []backend.Condition{{Key: MetaLeaderTerm, Value: EncodeRev(term)}}
 }
 
+// ConfirmFence checks the fence's conditions without writing anything: a
+// group of reads only (read-only Txns, failed compares) is answered from
+// the leader's own view, which is current only while no other leader has
+// committed.
+func ConfirmFence(be backend.Backend, fence func() []backend.Condition) error {
+	if fence == nil {
+		return nil
+	}
+	return be.Commit(&backend.Batch{Conditions: fence()})
+}
+
 // InitStore makes an empty store continue at revision rev with nothing
 // readable below it (a copy from another store that keeps its revisions).
 func InitStore(be backend.Backend, rev int64) error {

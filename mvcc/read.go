@@ -58,6 +58,14 @@ func (r Reader) Meta() (current, compacted int64, err error) {
 	return cur, DecodeRev(c), nil
 }
 
+// LeaderTerm returns the leader term the snapshot holds (0 if none): every
+// write group is fenced on it, so while it is unchanged no other leader has
+// committed anything.
+func (r Reader) LeaderTerm() (int64, error) {
+	b, err := r.get(MetaLeaderTerm)
+	return DecodeRev(b), err
+}
+
 func (r Reader) get(k []byte) ([]byte, error) {
 	b, err := r.Snap.Get(k)
 	if errors.Is(err, backend.ErrNotFound) {

@@ -476,6 +476,11 @@ func (s *Sequencer) commit(g *group) {
 		s.idx.Apply(g.rev, g.recs...)
 		s.rev.Store(g.rev)
 		g.afterCommit()
+	} else if err := mvcc.ConfirmFence(s.be, s.opts.Fence); err != nil {
+		// Only reads: answered from this writer's view, which a leader
+		// deposed while paused must not serve (see server's view).
+		s.fail(g, err)
+		return
 	}
 	for _, a := range g.acks {
 		a.r.done <- a.res

@@ -12,8 +12,11 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
+	"github.com/axon-kv/axon/backend"
 	"github.com/axon-kv/axon/lease"
 	"github.com/axon-kv/axon/mvcc"
 	"github.com/axon-kv/axon/proto/axonpb"
@@ -124,6 +127,19 @@ func (s *Server) stopTail() {
 		s.tailStop()
 		s.tailStop = nil
 	}
+}
+
+// confirmTerm fails with etcd's "leader changed" unless snap still holds
+// this leader's term.
+func (s *Server) confirmTerm(snap backend.Snapshot) error {
+	term, err := mvcc.Reader{Snap: snap}.LeaderTerm()
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	if s.elector == nil || term != s.elector.Term() {
+		return rpctypes.ErrGRPCLeaderChanged
+	}
+	return nil
 }
 
 // catchUp brings a follower's index up to the revision the store holds

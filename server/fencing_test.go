@@ -162,3 +162,101 @@ func TestFencingSplitBrain(t *testing.T) {
 		})
 	}
 }
+
+// TestPausedLeaderNoStaleReads pauses the leader (its backend calls block,
+// as in a process stopped by SIGSTOP or a long GC pause) past its lease,
+// lets another node take over and write, and sends linearizable reads to
+// the paused leader: they are answered only once it runs again, and must
+// then either fail or see every write the new leader acknowledged — never
+// the paused leader's stale index (etcd issue 20418 is this bug).
+// Serializable reads may be stale; they are sent too, and must not fail.
+func TestPausedLeaderNoStaleReads(t *testing.T) {
+	for _, name := range []string{"tikv-mock", "badger-shared"} {
+		t.Run(name, func(t *testing.T) {
+			open := sharedBackends[name](t)
+			var gates []*pausable
+			nodes := startNodes(t, func() backend.Backend {
+				g := &pausable{Backend: open()}
+				gates = append(gates, g)
+				return g
+			}, 2)
+			old := waitLeader(t, nodes)
+			var other *node
+			var oldGate *pausable
+			for i, n := range nodes {
+				if n == old {
+					oldGate = gates[i]
+				} else {
+					other = n
+				}
+			}
+			ctx := context.Background()
+			if _, err := old.cli.Put(ctx, "/p/before", "x"); err != nil {
+				t.Fatal(err)
+			}
+			// Let the old leader's index hold /p/before before it stops.
+			if _, err := old.cli.Get(ctx, "/p/before"); err != nil {
+				t.Fatal(err)
+			}
+			oldGate.pause()
+			waitLeader(t, []*node{other})
+			var lastNew int64
+			for i := 0; i < 10; i++ {
+				r, err := other.cli.Put(ctx, fmt.Sprintf("/p/new/%d", i), "new")
+				if err != nil {
+					t.Fatalf("write on the new leader: %v", err)
+				}
+				lastNew = r.Header.Revision
+			}
+			type answer struct {
+				serializable bool
+				resp         *clientv3.GetResponse
+				err          error
+			}
+			answers := make(chan answer, 20)
+			for i := 0; i < 20; i++ {
+				go func(serializable, txn bool) {
+					c, cancel := context.WithTimeout(ctx, 20*time.Second)
+					defer cancel()
+					opts := []clientv3.OpOption{clientv3.WithPrefix()}
+					if serializable {
+						opts = append(opts, clientv3.WithSerializable())
+					}
+					if txn { // a read-only Txn: linearizable too
+						r, err := old.cli.Txn(c).Then(clientv3.OpGet("/p/", clientv3.WithPrefix())).Commit()
+						if err != nil {
+							answers <- answer{err: err}
+							return
+						}
+						answers <- answer{resp: (*clientv3.GetResponse)(r.Responses[0].GetResponseRange()), err: nil}
+						return
+					}
+					r, err := old.cli.Get(c, "/p/", opts...)
+					answers <- answer{serializable, r, err}
+				}(i%2 == 1, i%4 == 0)
+			}
+			time.Sleep(200 * time.Millisecond) // the reads reach the paused node
+			oldGate.resume()
+			served := 0
+			for i := 0; i < 20; i++ {
+				a := <-answers
+				if a.serializable {
+					if a.err != nil {
+						t.Errorf("serializable read on the resumed node: %v", a.err)
+					}
+					continue
+				}
+				if a.err != nil {
+					t.Logf("linearizable read refused: %v", a.err)
+					continue
+				}
+				served++
+				if a.resp.Header.Revision < lastNew || len(a.resp.Kvs) != 11 {
+					t.Errorf("stale linearizable read: revision %d with %d keys; the new leader had acknowledged revision %d (11 keys)",
+						a.resp.Header.Revision, len(a.resp.Kvs), lastNew)
+				}
+			}
+			t.Logf("%d of 10 linearizable reads (5 of them read-only Txns) served, all current", served)
+		})
+	}
+}

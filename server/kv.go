@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -49,18 +50,42 @@ func (k *kvService) tooLarge(m proto.Message) error {
 // linearizable read, as etcd's ReadIndex.
 func (k *kvService) view(serializable bool) (mvcc.IndexSource, int64, int64, error) {
 	s := k.s
-	if !serializable && s.writer() == nil && s.multiNode() {
-		if err := s.catchUp(); err != nil {
-			return mvcc.IndexSource{}, 0, 0, status.Error(codes.Unavailable, err.Error())
-		}
-	}
-	for {
+	linearizable := !serializable && s.multiNode()
+	for attempt := 0; ; attempt++ {
 		cur, _ := s.idx.Rev()
 		snap, err := s.be.Snapshot()
 		if err != nil {
 			return mvcc.IndexSource{}, 0, 0, status.Error(codes.Unavailable, err.Error())
 		}
 		_, comp := s.idx.Rev()
+		if linearizable {
+			// The role is read after the snapshot: a leader deposed while
+			// this read waited (paused past its lease by SIGSTOP or a long
+			// GC) must not answer from its index once another leader has
+			// committed.
+			if s.writer() != nil {
+				// Every group is fenced on the term: while the snapshot
+				// still holds ours, nobody else has committed.
+				if err := s.confirmTerm(snap); err != nil {
+					snap.Close()
+					return mvcc.IndexSource{}, 0, 0, err
+				}
+			} else if stored, _, err := (mvcc.Reader{Snap: snap}).Meta(); err != nil || stored > cur {
+				// A follower whose index lags the store catches up first,
+				// as etcd's ReadIndex waits for its applied index.
+				snap.Close()
+				if err == nil && attempt < 10 {
+					err = s.catchUp()
+				}
+				if err == nil && attempt < 10 {
+					continue
+				}
+				if err == nil {
+					err = errors.New("the index does not catch up with the store")
+				}
+				return mvcc.IndexSource{}, 0, 0, status.Error(codes.Unavailable, err.Error())
+			}
+		}
 		if comp <= cur {
 			return mvcc.IndexSource{Idx: s.idx, Snap: snap}, cur, comp, nil
 		}

@@ -13,8 +13,8 @@ import (
 	"github.com/axon-kv/axon/backend/badger"
 	"github.com/axon-kv/axon/internal/testenv"
 	"github.com/axon-kv/axon/mvcc"
-	"github.com/axon-kv/axon/witness"
 	"github.com/axon-kv/axon/server"
+	"github.com/axon-kv/axon/witness"
 )
 
 // copyTree copies a stopped data dir.
