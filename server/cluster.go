@@ -73,8 +73,8 @@ func (s *Server) becomeLeader(term int64) error {
 		return fmt.Errorf("load leases: %w", err)
 	}
 	// Elected (a single node: started) and recovered, not serving yet.
+	// The error term drops seq unstarted: Close would wait for its loop.
 	// gofail: var leaderBeforeServe struct{}
-	// seq.Close()
 	// s.startTail()
 	// return errors.New("failpoint leaderBeforeServe")
 	seq.SetPublisher(s.hub)
