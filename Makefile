@@ -69,4 +69,4 @@ ROBUSTNESS_PROFILE ?= short
 .PHONY: robustness
 robustness: build-failpoints
 	AXON_FAILPOINTS_BIN=$(CURDIR)/bin/axon-failpoints ROBUSTNESS_PROFILE=$(ROBUSTNESS_PROFILE) \
-		$(GO) test -count=1 -timeout 120m -tags robustness -v ./tests/robustness/
+		$(GO) test -count=1 -timeout 120m -v ./tests/robustness/
