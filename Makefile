@@ -52,3 +52,21 @@ bench-compare: build
 .PHONY: e2e
 e2e:
 	GO='$(GO)' deploy/e2e/run.sh
+
+# A build with the gofail failpoints enabled (docs/failpoints.md), made on a
+# temporary copy of the tree so the sources keep their inert comments.
+# Control it at run time with GOFAIL_HTTP=host:port or GOFAIL_FAILPOINTS.
+.PHONY: build-failpoints
+build-failpoints:
+	GO='$(GO)' scripts/build-failpoints.sh bin/axon-failpoints
+
+# Robustness test (tests/robustness): Kubernetes-shaped traffic against a
+# failpoint build of `axon serve`, each failpoint crashed, stalled and
+# errored in turn, history checked after every run. ROBUSTNESS_PROFILE=short
+# (default, CI, a few minutes) or long; ROBUSTNESS_DURATION sets the traffic
+# time of each run (e.g. 30s).
+ROBUSTNESS_PROFILE ?= short
+.PHONY: robustness
+robustness: build-failpoints
+	AXON_FAILPOINTS_BIN=$(CURDIR)/bin/axon-failpoints ROBUSTNESS_PROFILE=$(ROBUSTNESS_PROFILE) \
+		$(GO) test -count=1 -timeout 120m -v ./tests/robustness/

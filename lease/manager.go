@@ -420,7 +420,19 @@ func (m *Manager) beginRevoke(id int64) (op *revokeOp, mine bool, err error) {
 // outcome.
 func (m *Manager) runRevoke(ctx context.Context, id int64, op *revokeOp, expiry bool) {
 	wctx, cancel := context.WithTimeout(ctx, m.opts.OpTimeout)
-	rev, err := m.w.RevokeLease(wctx, id)
+	var (
+		rev int64
+		err error
+	)
+	if expiry {
+		// An expired lease about to be revoked; the error term is a failed
+		// revocation, which is retried with backoff.
+		// gofail: var leaseExpiryRevoke struct{}
+		// err = errors.New("failpoint leaseExpiryRevoke")
+	}
+	if err == nil {
+		rev, err = m.w.RevokeLease(wctx, id)
+	}
 	cancel()
 
 	// The writer no longer knows the lease: an earlier attempt committed

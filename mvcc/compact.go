@@ -28,9 +28,17 @@ func CompactHistory(be backend.Backend, idx *Index, rev int64, batch int, quit <
 		if b.Len() == 0 {
 			return nil
 		}
+		// gofail: var compactBeforeBatch struct{}
+		// return errors.New("failpoint compactBeforeBatch")
 		err := be.Commit(&b)
 		b = backend.Batch{}
-		return err
+		if err != nil {
+			return err
+		}
+		// The batch is durable, the compaction's progress mark is not.
+		// gofail: var compactAfterBatch struct{}
+		// return errors.New("failpoint compactAfterBatch")
+		return nil
 	}
 	for {
 		select {

@@ -438,6 +438,11 @@ func (g *group) revoke(id int64) (any, error) {
 	if !g.leaseExists(id) {
 		return nil, rpctypes.ErrGRPCLeaseNotFound
 	}
+	// Revocation (by a client or by expiry) in the writer, before its
+	// deletions are staged. The error term acts as a backend failure: the
+	// whole group fails.
+	// gofail: var leaseRevokeApply struct{}
+	// return nil, internalError{errFailpoint}
 	w := g.begin()
 	keys := g.leaseKeys(id)
 	sort.Slice(keys, func(i, j int) bool { return bytes.Compare(keys[i], keys[j]) < 0 })

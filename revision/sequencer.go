@@ -356,6 +356,9 @@ func (s *Sequencer) loop() {
 			case <-busy.done:
 			}
 		}
+		// Group g is evaluated on top of the one in flight, whose sync may
+		// still run. No error term: the writer has no caller to fail here.
+		// gofail: var revisionBetweenGroups struct{}
 		s.handoff(g)
 	}
 }
@@ -460,6 +463,19 @@ func (s *Sequencer) commit(g *group) {
 		return
 	}
 	if !g.tx.Empty() || g.rev != g.baseRev {
+		// Revisions are assigned, nothing is durable yet: a crash here must
+		// lose the group without anyone having seen it.
+		// gofail: var revisionBeforeCommit struct{}
+		// s.fail(g, internalError{fmt.Errorf("revisionBeforeCommit: %w", errFailpoint)})
+		// return
+
+		// PLANTED BUG, failpoint builds only, for proving the robustness
+		// checks can fail: acknowledge the group before it is durable, then
+		// crash before committing it.
+		// gofail: var bugAckBeforeCommit struct{}
+		// for _, a := range g.acks { a.r.done <- a.res }
+		// time.Sleep(200 * time.Millisecond)
+		// panic("failpoint bugAckBeforeCommit: acknowledged a group that never committed")
 		start := time.Now()
 		if err := g.tx.Commit(g.rev, g.rev != g.baseRev); err != nil {
 			if !errors.Is(err, backend.ErrConditionFailed) {
@@ -468,6 +484,10 @@ func (s *Sequencer) commit(g *group) {
 			s.fail(g, err)
 			return
 		}
+		// Durable but not acknowledged, indexed nor published: a crash here
+		// leaves writes whose clients saw no answer (unknown outcome). No
+		// error term: the group is in the store, failing it would lie.
+		// gofail: var revisionAfterCommitBeforeAck struct{}
 		if s.OnGroup != nil {
 			s.OnGroup(GroupStats{Rev: g.rev, Requests: len(g.acks), Bytes: g.tx.Bytes(), Commit: time.Since(start)})
 		}
@@ -715,6 +735,10 @@ func (g *group) afterCommit() {
 		s.revoked[id] = struct{}{}
 	}
 	s.revokedMu.Unlock()
+	// PLANTED BUG, failpoint builds only: the first revision of the group
+	// never reaches watchers on the live path (the store still has it).
+	// gofail: var bugDropEvents struct{}
+	// if len(g.pubs) > 1 { g.pubs = g.pubs[1:] }
 	if s.pub != nil {
 		for _, p := range g.pubs {
 			s.pub.Publish(p.rev, p.evs)

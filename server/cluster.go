@@ -75,6 +75,11 @@ func (s *Server) becomeLeader(term int64) error {
 		s.startTail()
 		return fmt.Errorf("load leases: %w", err)
 	}
+	// Elected (a single node: started) and recovered, not serving yet.
+	// The error term drops seq unstarted: Close would wait for its loop.
+	// gofail: var leaderBeforeServe struct{}
+	// s.startTail()
+	// return errors.New("failpoint leaderBeforeServe")
 	seq.SetPublisher(s.hub)
 	seq.SetLeases(s.leases)
 	seq.OnGroup = s.ObserveGroup
@@ -89,6 +94,9 @@ func (s *Server) becomeLeader(term int64) error {
 func (s *Server) becomeFollower(term int64) {
 	s.roleMu.Lock()
 	defer s.roleMu.Unlock()
+	// Stepping down, the writer still running. No error term: stepping
+	// down cannot be refused.
+	// gofail: var leaderStepDown struct{}
 	if seq := s.seq.Swap(nil); seq != nil {
 		s.leases.Stop()
 		seq.Close()
@@ -192,6 +200,9 @@ func (s *Server) tailOnce() error {
 		if err != nil {
 			return err
 		}
+		// A committed revision read, not yet in the index or the hub.
+		// gofail: var followerBeforeApply struct{}
+		// return errors.New("failpoint followerBeforeApply")
 		s.idx.Apply(rec.Revision, rec)
 		if rec.Revision > s.hub.Rev() {
 			s.hub.Publish(rec.Revision, evs)

@@ -257,6 +257,9 @@ func RestoreSnapshot(r io.ReadSeeker, size int64, be backend.Backend) (SnapshotI
 	if err != nil {
 		return info, err
 	}
+	// Records loaded, the last batch not yet flushed.
+	// gofail: var snapshotRestoreBeforeFlush struct{}
+	// return info, errors.New("failpoint snapshotRestoreBeforeFlush")
 	return info, l.Flush()
 }
 
