@@ -537,7 +537,13 @@ func (fs *FS) fillAttr(n *node, a *fuse.Attr) {
 			a.Nlink = 1
 		}
 		a.Size = uint64(n.size)
-		a.Blocks = (a.Size + 511) / 512
+		// Allocated, not apparent, size: Badger preallocates sparse
+		// files of gigabytes, and Axon's quota counts st_blocks.
+		var st syscall.Stat_t
+		if n.f != nil && syscall.Fstat(int(n.f.Fd()), &st) == nil {
+			a.Blocks = uint64(st.Blocks)
+		}
+		a.Blocks += uint64(len(n.dirty)) * pageSize / 512
 	}
 	sec, nsec := uint64(n.mtime.Unix()), uint32(n.mtime.Nanosecond())
 	a.Mtime, a.Mtimensec = sec, nsec
