@@ -61,4 +61,5 @@ e2e:
 # to repeat a run. See tests/powerloss.
 .PHONY: powerloss
 powerloss:
-	$(GO) test -count=1 -timeout 60m -v -run 'TestPowerLoss' ./internal/lazyfs ./tests/powerloss
+	$(GO) test -count=1 ./internal/lazyfs
+	$(GO) test -count=1 -timeout 60m -v -run 'TestPowerLoss|TestBadgerFlushPowerLoss' ./tests/powerloss

@@ -385,6 +385,7 @@ func TestPowerLoss(t *testing.T) {
 		wg.Wait()
 		cli.Close()
 		pending = fs.Pending()
+		st := fs.Stats()
 		if err := fs.Unmount(); err != nil {
 			t.Fatalf("cycle %d: unmount after the cut: %v", cycle, err)
 		}
@@ -409,8 +410,8 @@ func TestPowerLoss(t *testing.T) {
 			}
 		}
 		totalAcked += acked
-		t.Logf("cycle %d: cut after %v: %d acknowledged writes, highest acknowledged revision %d, compacted at %d; %d things not durable at the cut",
-			cycle, loadFor, acked, highestAck, compactAck, len(pending))
+		t.Logf("cycle %d: cut after %v: %d acknowledged writes, highest acknowledged revision %d, compacted at %d; lazyfs saw %d writes, %d file and %d dir fsyncs, %d bytes made durable; %d things not durable at the cut",
+			cycle, loadFor, acked, highestAck, compactAck, st.Writes, st.FileSyncs, st.DirSyncs, st.BytesSynced, len(pending))
 		if acked == 0 {
 			t.Fatalf("cycle %d: no write acknowledged before the cut: the test checks nothing", cycle)
 		}
