@@ -70,3 +70,14 @@ ROBUSTNESS_PROFILE ?= short
 robustness: build-failpoints
 	AXON_FAILPOINTS_BIN=$(CURDIR)/bin/axon-failpoints ROBUSTNESS_PROFILE=$(ROBUSTNESS_PROFILE) \
 		$(GO) test -count=1 -timeout 120m -v ./tests/robustness/
+
+# Power-loss test: axon on a FUSE file system (internal/lazyfs) that keeps
+# only what was fsynced, power cut at random moments under load, restarted
+# and checked. Needs /dev/fuse and fusermount3 (apt-get install fuse3); it
+# skips without them. POWERLOSS_CYCLES (default 10; 100 for a long run),
+# POWERLOSS_STRICT=1 for strict POSIX directory semantics, POWERLOSS_SEED
+# to repeat a run. See tests/powerloss.
+.PHONY: powerloss
+powerloss:
+	$(GO) test -count=1 ./internal/lazyfs
+	$(GO) test -count=1 -timeout 60m -v -run 'TestPowerLoss|TestBadgerFlushPowerLoss' ./tests/powerloss
