@@ -46,16 +46,23 @@ func CompactHistory(be backend.Backend, idx *Index, rev int64, batch int, quit <
 			return ErrInterrupted
 		default:
 		}
-		var more bool
+		var (
+			more bool
+			keys [][]byte
+		)
 		after, more = idx.CompactStep(rev, after, first, batch, func(c Compacted) {
+			keys = append(keys, c.Key)
 			for _, r := range c.Revs {
 				b.Delete(HistoryKey(c.Key, r))
 			}
 		})
 		first = false
 		if err := flush(); err != nil {
+			// The index still names every state of the failed batch, so
+			// the next compaction removes them.
 			return err
 		}
+		idx.Trim(rev, keys)
 		if !more {
 			break
 		}
@@ -88,9 +95,13 @@ func CompactIndex(idx *Index, rev int64) {
 	idx.SetCompacted(rev)
 	after, first := "", true
 	for {
-		var more bool
-		after, more = idx.CompactStep(rev, after, first, 10000, func(Compacted) {})
+		var (
+			more bool
+			keys [][]byte
+		)
+		after, more = idx.CompactStep(rev, after, first, 10000, func(c Compacted) { keys = append(keys, c.Key) })
 		first = false
+		idx.Trim(rev, keys)
 		if !more {
 			return
 		}

@@ -376,9 +376,22 @@ func appendSub(b []byte, sub int64) []byte {
 // state still there survives. Each rewrite is conditioned on the entry
 // being unchanged, so a stale compactor cannot bring back a state another
 // one already removed.
+//
+// A conditional commit is synced and runs alone, holding up the writer's
+// commits, so rewrites go out subBatch at a time; a batch whose condition
+// fails is retried entry by entry, so the others still get their sub.
 func persistSubs(be backend.Backend, snap backend.Snapshot, rev int64) error {
 	r := Reader{Snap: snap}
-	return r.Records(1, rev-1, func(rec *axonpb.RevisionRecord) error {
+	var (
+		pending []subRewrite
+		size    int
+	)
+	flush := func() error {
+		err := commitSubs(be, pending)
+		pending, size = pending[:0], 0
+		return err
+	}
+	err := r.Records(1, rev-1, func(rec *axonpb.RevisionRecord) error {
 		for i, c := range rec.Changes {
 			if i == 0 || c.Delete {
 				continue
@@ -398,14 +411,64 @@ func persistSubs(be backend.Backend, snap backend.Snapshot, rev int64) error {
 			if st.Deleted || st.HasSub {
 				continue
 			}
-			b := backend.Batch{Conditions: []backend.Condition{{Key: hk, Value: old}}}
-			b.Put(hk, appendSub(slices.Clone(old), int64(i)))
-			if err := be.Commit(&b); err != nil && !errors.Is(err, backend.ErrConditionFailed) {
-				return err
+			pending = append(pending, subRewrite{key: hk, old: old, sub: int64(i)})
+			size += len(hk) + len(old)
+			if len(pending) >= subBatch || size >= subBatchBytes {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	return flush()
+}
+
+// subBatch and subBatchBytes bound the sub rewrites that share one
+// commit: the batch carries each state whole, and stays under 1 MiB as the
+// writer's own batches do (WriteOptions), within what one engine
+// transaction takes.
+const (
+	subBatch      = 256
+	subBatchBytes = 512 << 10
+)
+
+// subRewrite is one state to rewrite with its sub, if still old.
+type subRewrite struct {
+	key, old []byte
+	sub      int64
+}
+
+// commitSubs commits rewrites in one conditional batch, or one by one if
+// some state changed (a condition failed): those are skipped.
+func commitSubs(be backend.Backend, ws []subRewrite) error {
+	if len(ws) == 0 {
+		return nil
+	}
+	one := func(ws []subRewrite) error {
+		var b backend.Batch
+		for _, w := range ws {
+			b.Conditions = append(b.Conditions, backend.Condition{Key: w.key, Value: w.old})
+			b.Put(w.key, appendSub(slices.Clone(w.old), w.sub))
+		}
+		return be.Commit(&b)
+	}
+	err := one(ws)
+	if !errors.Is(err, backend.ErrConditionFailed) {
+		return err
+	}
+	if len(ws) == 1 {
+		return nil // changed since: another compactor's business
+	}
+	for i := range ws {
+		if err := one(ws[i : i+1]); err != nil && !errors.Is(err, backend.ErrConditionFailed) {
+			return err
+		}
+	}
+	return nil
 }
 
 // Hash is a CRC-32C of every key and value of the snapshot in key order

@@ -309,25 +309,36 @@ func (x *Index) SetCompacted(rev int64) {
 	x.mu.Unlock()
 }
 
-// Compacted is one key's revisions removed by CompactStep.
+// Compacted is what a compaction removes of one key: the revisions whose
+// stored states go (possibly none: the key's entry still changes, e.g. a
+// generation whose states stay with the next one).
 type Compacted struct {
 	Key  []byte
 	Revs []int64
 }
 
-// CompactStep drops, for about max keys and revisions from after, the revisions a
-// read at or above rev never needs (for each key the versions at or below
-// rev but the newest, and that one too when it is a deletion) and calls fn
-// with them, so their stored copies can be removed. It returns the last key
-// visited and whether keys remain.
+// CompactStep plans, for about max keys and revisions from after, what a
+// compaction at rev removes (for each key the versions at or below rev but
+// the newest, and that one too when it is a deletion) and calls fn for
+// every key it changes. It returns the last key visited and whether keys
+// remain.
+//
+// It changes nothing: the caller removes the stored states first and only
+// then calls Trim with the same keys. The index must not forget a state
+// the store still holds: were the removal to fail (an engine error), the
+// state would stay in the store named by no index, no later compaction
+// would remove it, and an index rebuilt from the store would take it for
+// part of the key's next generation once the deletion and creation around
+// it were compacted away (a deleted key back alive, old create revisions,
+// wrong versions). Until Trim the index names states already removed, all
+// below rev, which reads at or above the compacted revision never load.
 func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn func(Compacted)) (string, bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
+	x.mu.RLock()
+	defer x.mu.RUnlock()
 	var (
-		last    string
-		n       int
-		more    bool
-		victims []*keyIndex
+		last string
+		n    int
+		more bool
 	)
 	visit := func(k *keyIndex) bool {
 		if !first && k.key == after {
@@ -339,25 +350,54 @@ func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn fun
 		}
 		n++
 		last = k.key
+		if !k.compactable(rev) {
+			return true
+		}
+		// The plan is made on a copy: compact replaces the entry's
+		// slices and never writes into the ones it shares.
+		c := *k
+		var revs []int64
+		c.compact(rev, func(d Compacted) { revs = d.Revs })
 		// The budget counts revisions dropped too, so one step's batch of
 		// deletions stays small however many versions a key had.
-		if gone := k.compact(rev, func(c Compacted) { n += len(c.Revs); fn(c) }); gone {
-			victims = append(victims, k)
-		}
+		n += len(revs)
+		fn(Compacted{Key: []byte(k.key), Revs: revs})
 		return true
 	}
 	x.tree.AscendGreaterOrEqual(&keyIndex{key: after}, visit)
-	for _, k := range victims {
-		x.tree.Delete(k)
-		x.keyBytes -= int64(len(k.key))
-	}
 	return last, more
+}
+
+// Trim applies a compaction at rev to keys, as CompactStep planned it,
+// once the states it removes are gone from the store. The writer only adds
+// revisions above rev meanwhile, so the key's revisions at or below rev,
+// and what the compaction drops of them, are what CompactStep saw; a key
+// created again since is kept.
+func (x *Index) Trim(rev int64, keys [][]byte) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, key := range keys {
+		k, ok := x.tree.Get(&keyIndex{key: string(key)})
+		if !ok || !k.compactable(rev) {
+			continue
+		}
+		if gone := k.compact(rev, func(Compacted) {}); gone {
+			x.tree.Delete(k)
+			x.keyBytes -= int64(len(k.key))
+		}
+	}
+}
+
+// compactable reports whether a compaction at rev changes k: not when it
+// has one revision that a read at rev still needs.
+func (k *keyIndex) compactable(rev int64) bool {
+	return k.rest != nil || (k.last <= rev && k.tomb)
 }
 
 // compact trims k for a compaction at rev and reports whether nothing of
 // it remains.
 func (k *keyIndex) compact(rev int64, fn func(Compacted)) bool {
-	if k.rest == nil && (k.last > rev || !k.tomb) {
+	if !k.compactable(rev) {
 		return false // one revision, still needed: nothing to drop
 	}
 	var dropped []int64
