@@ -63,7 +63,9 @@ func getProfile(t *testing.T) profile {
 	}
 	p := profile{name: name, duration: 4 * time.Second, rounds: 1}
 	if name == "long" {
-		p.duration, p.rounds = 30*time.Second, 3
+		// Five passes: every failpoint fires in at least ten runs (each
+		// has two or three modes), about 35 minutes on 2 cores.
+		p.duration, p.rounds = 20*time.Second, 5
 	}
 	if d := os.Getenv("ROBUSTNESS_DURATION"); d != "" {
 		var err error
