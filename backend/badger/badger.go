@@ -135,6 +135,9 @@ type DB struct {
 	stop   chan struct{}
 	bgDone chan struct{}
 
+	dirMu     sync.Mutex
+	dirSynced time.Time // the directory's modification time at its last sync
+
 	sizeMu sync.Mutex
 	sizeAt time.Time
 	size   int64
@@ -329,6 +332,9 @@ func (d *DB) commitAt(txn *badgerdb.Txn) error {
 	txn.CommitAt(ts, func(err error) { written <- err })
 	d.seqMu.Unlock()
 	err := <-written
+	if err == nil {
+		err = d.syncDirIfChanged()
+	}
 	if d.afterWrite != nil {
 		d.afterWrite(ts)
 	}
@@ -450,10 +456,45 @@ func (d *DB) background() {
 			return
 		case <-discard.C:
 			d.advanceDiscardTs()
+			if err := d.syncDirIfChanged(); err != nil {
+				d.log.Warn("syncing the data dir", "err", err)
+			}
 		case <-gc:
 			d.collectValueLog()
 		}
 	}
+}
+
+// syncDirIfChanged fsyncs the engine's directory when a file was created,
+// renamed or removed in it since the last sync. Badger v4.9 does not: a
+// memtable flush adds a table to the MANIFEST and a memtable switch starts
+// a new write-ahead log without ever syncing the directory (ristretto's
+// OpenMmapFileUsing means to, but its check never fires), so on a
+// filesystem that does not order metadata (strict POSIX) a power cut could
+// lose the name of a log holding acknowledged writes, or of a table the
+// MANIFEST lists. Commit calls it before returning, so every name a write
+// may depend on is durable before the write is acknowledged; the
+// background loop calls it too, for flushes and compactions between
+// commits. The directory's modification time tells a change; a stat is
+// cheap.
+func (d *DB) syncDirIfChanged() error {
+	if d.inMemory {
+		return nil
+	}
+	fi, err := os.Stat(d.dir)
+	if err != nil {
+		return fmt.Errorf("badger: stat data dir: %w", err)
+	}
+	d.dirMu.Lock()
+	defer d.dirMu.Unlock()
+	if fi.ModTime().Equal(d.dirSynced) {
+		return nil
+	}
+	if err := syncDir(d.dir); err != nil {
+		return err
+	}
+	d.dirSynced = fi.ModTime() // a change after the stat is synced too, and synced again next time
+	return nil
 }
 
 // advanceDiscardTs tells compaction it may drop versions that were
