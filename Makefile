@@ -71,6 +71,13 @@ robustness: build-failpoints
 	AXON_FAILPOINTS_BIN=$(CURDIR)/bin/axon-failpoints ROBUSTNESS_PROFILE=$(ROBUSTNESS_PROFILE) \
 		$(GO) test -count=1 -timeout 120m -v ./tests/robustness/
 
+# The tests that need failpoints compiled in (build tag failpoints): the
+# follower-apply and step-down failpoints on three nodes over mock TiKV, and
+# snapshot restore failing and crashing midway.
+.PHONY: failpoints-test
+failpoints-test:
+	GO='$(GO)' scripts/test-failpoints.sh
+
 # Power-loss test: axon on a FUSE file system (internal/lazyfs) that keeps
 # only what was fsynced, power cut at random moments under load, restarted
 # and checked. Needs /dev/fuse and fusermount3 (apt-get install fuse3); it

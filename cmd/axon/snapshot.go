@@ -237,7 +237,14 @@ func restoreSnapshot(file, dataDir string) (server.SnapshotInfo, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return info, err
 	}
-	be, err := badger.Open(badger.Options{Dir: dbDir})
+	// The copy is made under another name and renamed into place once
+	// complete and closed: a restore killed midway leaves no partial store
+	// that `axon serve` would take for a whole one.
+	partial := dbDir + ".restoring"
+	if err := os.RemoveAll(partial); err != nil {
+		return info, err
+	}
+	be, err := badger.Open(badger.Options{Dir: partial})
 	if err != nil {
 		return info, err
 	}
@@ -245,15 +252,31 @@ func restoreSnapshot(file, dataDir string) (server.SnapshotInfo, error) {
 	if cerr := be.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		if err = os.RemoveAll(dbDir); err == nil { // an empty dir at most (checked above)
+			if err = os.Rename(partial, dbDir); err == nil {
+				err = syncDir(dataDir)
+			}
+		}
+	}
 	if err != nil {
 		if created {
 			os.RemoveAll(dataDir)
 		} else {
-			os.RemoveAll(dbDir)
+			os.RemoveAll(partial)
 		}
 		return info, fmt.Errorf("restore: %w", err)
 	}
 	return info, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func printInfo(w io.Writer, title string, info server.SnapshotInfo) {
