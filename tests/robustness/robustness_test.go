@@ -202,6 +202,16 @@ func (h *harness) check(name string, rec *recorder) report {
 		r.fail("history watch stuck at %d, the store is at %d", last, final)
 	}
 	evs, _ := checkStream(&r, "history watch", 1, h.n.col.snapshot())
+	// The store keeps writing after the traffic stopped (leases expire
+	// and are revoked), so the history watch may already hold revisions
+	// past final. They are checked with the next run, which replays the
+	// whole history again.
+	for i, e := range evs {
+		if e.Kv.ModRevision > final {
+			evs = evs[:i]
+			break
+		}
+	}
 	s := replay(&r, evs, 2, final)
 	r.events = len(evs)
 	// Client list-then-watch streams.
