@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/axon-kv/axon/internal/durable"
 )
 
 // FileName is the witness file inside a data dir.
@@ -140,9 +142,9 @@ func Create(dir string, rec Record, log *slog.Logger) (*Writer, error) {
 		f.Close()
 		return nil, fmt.Errorf("witness: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("witness: %w", err)
 	}
 	w := &Writer{f: f, log: log, rec: rec, want: rec.Revision, done: make(chan struct{})}
 	w.cond = sync.NewCond(&w.mu)
@@ -217,16 +219,4 @@ func (w *Writer) Close() error {
 	err := w.lastErr
 	w.mu.Unlock()
 	return errors.Join(err, w.f.Close())
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("witness: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("witness: sync %s: %w", dir, err)
-	}
-	return nil
 }

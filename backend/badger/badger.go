@@ -21,6 +21,7 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 
 	"github.com/axon-kv/axon/backend"
+	"github.com/axon-kv/axon/internal/durable"
 )
 
 const (
@@ -490,8 +491,8 @@ func (d *DB) syncDirIfChanged() error {
 	if fi.ModTime().Equal(d.dirSynced) {
 		return nil
 	}
-	if err := syncDir(d.dir); err != nil {
-		return err
+	if err := durable.SyncDir(d.dir); err != nil {
+		return fmt.Errorf("badger: %w", err)
 	}
 	d.dirSynced = fi.ModTime() // a change after the stat is synced too, and synced again next time
 	return nil

@@ -18,6 +18,8 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/dgraph-io/badger/v4/table"
 	"github.com/dgraph-io/ristretto/v2/z"
+
+	"github.com/axon-kv/axon/internal/durable"
 )
 
 // ErrDamaged is wrapped by every refusal to open a data dir whose files are
@@ -145,11 +147,11 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 			return rescue, fmt.Errorf("badger: copy %s aside: %w", filepath.Base(p), err)
 		}
 	}
-	if err := syncDir(rescue); err != nil {
-		return rescue, err
+	if err := durable.SyncDir(rescue); err != nil {
+		return rescue, fmt.Errorf("badger: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
-		return rescue, err
+	if err := durable.SyncDir(dir); err != nil {
+		return rescue, fmt.Errorf("badger: %w", err)
 	}
 	log.Info("kept a copy of what opening the store may delete or cut, until the store is verified",
 		"rescue-dir", rescue, "unlisted-tables", len(orphans), "logs-to-cut", len(cut),
@@ -280,18 +282,6 @@ func copyFile(from, to string) error {
 		return err
 	}
 	return out.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("badger: sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // Rescue is the directory preflight filled before this open, or "".

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/axon-kv/axon/backend/badger"
+	"github.com/axon-kv/axon/internal/durable"
 	"github.com/axon-kv/axon/server"
 )
 
@@ -146,10 +147,7 @@ func saveSnapshot(ctx context.Context, cf *clientFlags, path string) (server.Sna
 	if err := os.Rename(part, path); err != nil {
 		return info, err
 	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
-	}
+	_ = durable.SyncDir(filepath.Dir(path)) // best effort: the file itself is complete and synced
 	return info, nil
 }
 
@@ -255,7 +253,7 @@ func restoreSnapshot(file, dataDir string) (server.SnapshotInfo, error) {
 	if err == nil {
 		if err = os.RemoveAll(dbDir); err == nil { // an empty dir at most (checked above)
 			if err = os.Rename(partial, dbDir); err == nil {
-				err = syncDir(dataDir)
+				err = durable.SyncDir(dataDir)
 			}
 		}
 	}
@@ -268,15 +266,6 @@ func restoreSnapshot(file, dataDir string) (server.SnapshotInfo, error) {
 		return info, fmt.Errorf("restore: %w", err)
 	}
 	return info, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func printInfo(w io.Writer, title string, info server.SnapshotInfo) {
