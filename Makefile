@@ -58,7 +58,7 @@ e2e:
 # Control it at run time with GOFAIL_HTTP=host:port or GOFAIL_FAILPOINTS.
 .PHONY: build-failpoints
 build-failpoints:
-	GO='$(GO)' scripts/build-failpoints.sh bin/axon-failpoints
+	GO='$(GO)' scripts/failpoints.sh build bin/axon-failpoints
 
 # Robustness test (tests/robustness): Kubernetes-shaped traffic against a
 # failpoint build of `axon serve`, each failpoint crashed, stalled and
@@ -76,7 +76,7 @@ robustness: build-failpoints
 # snapshot restore failing and crashing midway.
 .PHONY: failpoints-test
 failpoints-test:
-	GO='$(GO)' scripts/test-failpoints.sh
+	GO='$(GO)' scripts/failpoints.sh test
 
 # Power-loss test: axon on a FUSE file system (internal/lazyfs) that keeps
 # only what was fsynced, power cut at random moments under load, restarted

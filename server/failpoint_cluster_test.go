@@ -1,7 +1,7 @@
 //go:build failpoints
 
 // These tests need the failpoints compiled in: `make failpoints-test` runs
-// them on a copy of the tree that gofail enabled (scripts/test-failpoints.sh).
+// them on a copy of the tree that gofail enabled (scripts/failpoints.sh test).
 
 package server_test
 

@@ -21,13 +21,13 @@ import (
 )
 
 // failpointBinary returns the failpoint build: AXON_FAILPOINTS_BIN (make
-// robustness builds it), else one built now with scripts/build-failpoints.sh.
+// robustness builds it), else one built now with scripts/failpoints.sh build.
 func failpointBinary(t *testing.T) string {
 	if bin := os.Getenv("AXON_FAILPOINTS_BIN"); bin != "" {
 		return bin
 	}
 	bin := filepath.Join(t.TempDir(), "axon-failpoints")
-	out, err := exec.Command("../../scripts/build-failpoints.sh", bin).CombinedOutput()
+	out, err := exec.Command("../../scripts/failpoints.sh", "build", bin).CombinedOutput()
 	if err != nil {
 		t.Fatalf("build-failpoints: %v\n%s", err, out)
 	}
