@@ -1,8 +1,6 @@
 package mvcc_test
 
 import (
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -28,30 +26,6 @@ func buildStore(t *testing.T) (string, testenv.Workload) {
 		t.Fatal(err)
 	}
 	return filepath.Join(dataDir, "badger"), w
-}
-
-// copyDir copies a stopped database so each case damages its own.
-func copyDir(t *testing.T, src string) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "badger")
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 func openDB(t *testing.T, dir string) *badger.DB {
@@ -176,7 +150,7 @@ func TestCheckFindsDamage(t *testing.T) {
 	}
 	var updated, leased target
 	{
-		db := openDB(t, copyDir(t, dir))
+		db := openDB(t, testenv.CopyDir(t, dir))
 		for _, e := range history(t, db) {
 			if e.rev > w.Compacted && !e.kv.Deleted && e.kv.Version > 1 {
 				updated = target{e.key, e.rev, e.kv, 0}
@@ -288,7 +262,7 @@ func TestCheckFindsDamage(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			db := openDB(t, copyDir(t, dir))
+			db := openDB(t, testenv.CopyDir(t, dir))
 			commit(t, db, func(b *backend.Batch) { tc.damage(t, b) })
 			rep := check(t, db)
 			dump(t, rep)

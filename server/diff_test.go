@@ -119,20 +119,26 @@ func diffOps() int {
 func TestDifferentialKV(t *testing.T) {
 	seeds := diffSeeds(t)
 	n := diffOps()
+	forDiffPairs(t, seeds, func(t *testing.T, seed int64, ref, cand *diffTarget) {
+		start := time.Now()
+		st, err := runDiff(t.Name(), seed, n, ref, cand)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("seed=%d: %d ops in %v; %s", seed, n, time.Since(start).Round(time.Millisecond), st)
+	})
+}
+
+// forDiffPairs runs fn for every engine and seed against a fresh etcd
+// (the reference) and a fresh Axon on that engine (the candidate).
+func forDiffPairs(t *testing.T, seeds []int64, fn func(t *testing.T, seed int64, ref, cand *diffTarget)) {
 	for _, backend := range []string{"memory", "badger"} {
 		t.Run(backend, func(t *testing.T) {
 			for _, seed := range seeds {
 				t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 					etcd := testenv.StartEtcd(t, testenv.WithEtcdMaxTxnOps(diffMaxTxnOps))
 					_, axon := testenv.StartAxon(t, server.Config{Backend: backend, MaxTxnOps: diffMaxTxnOps})
-					ref := newDiffTarget(t, "etcd", etcd.Endpoints())
-					cand := newDiffTarget(t, "axon/"+backend, axon.Endpoints())
-					start := time.Now()
-					st, err := runDiff(t.Name(), seed, n, ref, cand)
-					if err != nil {
-						t.Fatal(err)
-					}
-					t.Logf("seed=%d: %d ops in %v; %s", seed, n, time.Since(start).Round(time.Millisecond), st)
+					fn(t, seed, newDiffTarget(t, "etcd", etcd.Endpoints()), newDiffTarget(t, "axon/"+backend, axon.Endpoints()))
 				})
 			}
 		})

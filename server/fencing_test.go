@@ -52,6 +52,27 @@ func (p *pausable) Snapshot() (backend.Snapshot, error) {
 	return p.Backend.Snapshot()
 }
 
+// pausablePair starts two nodes on the shared backend name, each behind a
+// pausable gate, and returns the leader with its gate and the other node.
+func pausablePair(t *testing.T, name string) (old *node, oldGate *pausable, other *node) {
+	open := sharedBackends[name](t)
+	var gates []*pausable
+	nodes := startNodes(t, func() backend.Backend {
+		g := &pausable{Backend: open()}
+		gates = append(gates, g)
+		return g
+	}, 2)
+	old = waitLeader(t, nodes)
+	for i, n := range nodes {
+		if n == old {
+			oldGate = gates[i]
+		} else {
+			other = n
+		}
+	}
+	return old, oldGate, other
+}
+
 // TestFencingSplitBrain pauses the leader past its lease with writes in
 // flight, lets another node take over and write, then resumes the old
 // leader. Nothing the old leader had pending commits under its old term:
@@ -61,23 +82,7 @@ func (p *pausable) Snapshot() (backend.Snapshot, error) {
 func TestFencingSplitBrain(t *testing.T) {
 	for _, name := range []string{"tikv-mock", "badger-shared"} {
 		t.Run(name, func(t *testing.T) {
-			open := sharedBackends[name](t)
-			var gates []*pausable
-			nodes := startNodes(t, func() backend.Backend {
-				g := &pausable{Backend: open()}
-				gates = append(gates, g)
-				return g
-			}, 2)
-			old := waitLeader(t, nodes)
-			var other *node
-			var oldGate *pausable
-			for i, n := range nodes {
-				if n == old {
-					oldGate = gates[i]
-				} else {
-					other = n
-				}
-			}
+			old, oldGate, other := pausablePair(t, name)
 			ctx := context.Background()
 			if _, err := old.cli.Put(ctx, "/f/before", "x"); err != nil {
 				t.Fatal(err)
@@ -173,23 +178,7 @@ func TestFencingSplitBrain(t *testing.T) {
 func TestPausedLeaderNoStaleReads(t *testing.T) {
 	for _, name := range []string{"tikv-mock", "badger-shared"} {
 		t.Run(name, func(t *testing.T) {
-			open := sharedBackends[name](t)
-			var gates []*pausable
-			nodes := startNodes(t, func() backend.Backend {
-				g := &pausable{Backend: open()}
-				gates = append(gates, g)
-				return g
-			}, 2)
-			old := waitLeader(t, nodes)
-			var other *node
-			var oldGate *pausable
-			for i, n := range nodes {
-				if n == old {
-					oldGate = gates[i]
-				} else {
-					other = n
-				}
-			}
+			old, oldGate, other := pausablePair(t, name)
 			ctx := context.Background()
 			if _, err := old.cli.Put(ctx, "/p/before", "x"); err != nil {
 				t.Fatal(err)

@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"math/rand/v2"
 	"os/exec"
 	"strings"
@@ -49,19 +48,9 @@ func TestHashKVDifferential(t *testing.T) {
 	if testing.Short() {
 		nops = 250
 	}
-	for _, backend := range []string{"memory", "badger"} {
-		t.Run(backend, func(t *testing.T) {
-			for _, seed := range seeds {
-				t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-					etcd := testenv.StartEtcd(t, testenv.WithEtcdMaxTxnOps(diffMaxTxnOps))
-					_, axon := testenv.StartAxon(t, server.Config{Backend: backend, MaxTxnOps: diffMaxTxnOps})
-					ref := newDiffTarget(t, "etcd", etcd.Endpoints())
-					cand := newDiffTarget(t, "axon/"+backend, axon.Endpoints())
-					runHashDiff(t, seed, nops, ref, cand)
-				})
-			}
-		})
-	}
+	forDiffPairs(t, seeds, func(t *testing.T, seed int64, ref, cand *diffTarget) {
+		runHashDiff(t, seed, nops, ref, cand)
+	})
 }
 
 func runHashDiff(t *testing.T, seed int64, nops int, ref, cand *diffTarget) {

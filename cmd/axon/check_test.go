@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,30 +15,6 @@ import (
 	"github.com/axon-kv/axon/server"
 	"github.com/axon-kv/axon/witness"
 )
-
-// copyTree copies a stopped data dir.
-func copyTree(t *testing.T, src string) string {
-	t.Helper()
-	dst := filepath.Join(t.TempDir(), "data")
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		if d.IsDir() {
-			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
 
 // dumpStore reads every stored pair of a stopped data dir.
 func dumpStore(t *testing.T, dataDir string) string {
@@ -121,7 +96,7 @@ func TestCheckCommand(t *testing.T) {
 	}
 
 	t.Run("missing history entry", func(t *testing.T) {
-		dir := copyTree(t, dataDir)
+		dir := testenv.CopyDir(t, dataDir)
 		var victim []byte
 		db, err := badger.Open(badger.Options{Dir: filepath.Join(dir, "badger")})
 		if err != nil {
@@ -154,7 +129,7 @@ func TestCheckCommand(t *testing.T) {
 	})
 
 	t.Run("older than its witness", func(t *testing.T) {
-		dir := copyTree(t, dataDir)
+		dir := testenv.CopyDir(t, dataDir)
 		rec, ok, err := witness.Read(dir)
 		if err != nil || !ok {
 			t.Fatalf("no witness after a clean stop: ok=%v err=%v", ok, err)
@@ -175,7 +150,7 @@ func TestCheckCommand(t *testing.T) {
 	})
 
 	t.Run("flipped table bytes", func(t *testing.T) {
-		dir := copyTree(t, dataDir)
+		dir := testenv.CopyDir(t, dataDir)
 		tables, _ := filepath.Glob(filepath.Join(dir, "badger", "*.sst"))
 		var biggest string
 		var size int64

@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -85,18 +84,6 @@ func writeDamageStore(t *testing.T, bin string, crash bool) damageStore {
 		st.files = append(st.files, e.Name())
 	}
 	return st
-}
-
-// copyDir copies a stopped data dir (sparse files become dense; fine for
-// tests of this size).
-func copyDir(t *testing.T, from string) string {
-	t.Helper()
-	to := t.TempDir()
-	out, err := exec.Command("cp", "-a", "--sparse=always", from+"/.", to).CombinedOutput()
-	if err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
-	return to
 }
 
 // contents maps every regular file under dir to the hash of its bytes up
@@ -296,7 +283,7 @@ func TestDamagedDataDir(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := copyDir(t, tc.store.dir)
+			dir := testenv.CopyDir(t, tc.store.dir)
 			tc.damage(t, dir)
 			before := contents(t, dir)
 			p := testenv.StartAxonProcess(t, bin, dir)

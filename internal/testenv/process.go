@@ -181,3 +181,15 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// CopyDir copies a stopped data dir (or engine dir) to a fresh temporary
+// directory of the same base name, so each case can damage its own copy.
+// cp keeps Badger's preallocated logs sparse.
+func CopyDir(t testing.TB, src string) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), filepath.Base(src))
+	if out, err := exec.Command("cp", "-a", "--sparse=always", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v %s", src, err, out)
+	}
+	return dst
+}
