@@ -19,7 +19,7 @@ require (
 
 require github.com/anishathalye/porcupine v1.3.1
 
-require go.etcd.io/gofail v0.2.0 // indirect
+require go.etcd.io/gofail v0.2.0
 
 require github.com/hanwen/go-fuse/v2 v2.12.1
 

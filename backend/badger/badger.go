@@ -142,6 +142,8 @@ type DB struct {
 	sizeMu sync.Mutex
 	sizeAt time.Time
 	size   int64
+
+	trim trimmer // used by the background loop only
 }
 
 var _ backend.Backend = (*DB)(nil)
@@ -234,6 +236,7 @@ func Open(opts Options) (*DB, error) {
 	d.published.init(d.lastTs)
 	d.pins.init()
 	d.advanceDiscardTs()
+	d.trim.trimmed = make(map[uint64]bool)
 	d.stop = make(chan struct{})
 	d.bgDone = make(chan struct{})
 	go d.background()
@@ -459,6 +462,11 @@ func (d *DB) background() {
 			d.advanceDiscardTs()
 			if err := d.syncDirIfChanged(); err != nil {
 				d.log.Warn("syncing the data dir", "err", err)
+			}
+			if n, err := d.trimTables(); err != nil {
+				d.log.Warn("dropping written table pages from memory", "err", err)
+			} else if n > 0 {
+				d.log.Debug("dropped written table pages from memory", "bytes", n)
 			}
 		case <-gc:
 			d.collectValueLog()
