@@ -58,6 +58,7 @@ type serveOptions struct {
 	writeQueueLength     int
 	quotaBackendBytes    int64
 	memoryLimit          memoryLimitValue
+	gcPercent            int
 
 	pdEndpoints         []string
 	name                string
@@ -113,6 +114,9 @@ func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
 		"Go soft memory limit (debug.SetMemoryLimit): the garbage collector works harder near it instead of letting the heap grow to twice the live data; "+
 			"it never refuses memory. auto: GOMEMLIMIT if that is set, else 85% of the cgroup memory limit (cgroup v2 memory.max or v1 memory.limit_in_bytes) "+
 			"when one is set, else none; 0: none; or a size such as 2GiB, 1536MiB")
+	fs.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent,
+		"Go garbage collection target (debug.SetGCPercent, as GOGC): the heap may grow this many percent over the live data before a collection. "+
+			"Lower uses less memory and more CPU; GOGC, when set, wins over the default; negative: collection off (with --memory-limit only)")
 }
 
 // addAlias defines a hidden flag that sets the same value as canonical.

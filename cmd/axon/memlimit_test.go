@@ -161,3 +161,36 @@ func TestServeMemoryLimit(t *testing.T) {
 		t.Errorf("--memory-limit lots accepted:\n%s", out)
 	}
 }
+
+// TestServeGCPercent checks the collector's target: the default, GOGC
+// winning over the default, and the flag winning over GOGC.
+func TestServeGCPercent(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+
+	if _, out, err := parseServe(t, nil); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := debug.SetGCPercent(100); got != defaultGCPercent {
+		t.Errorf("GC percent by default = %d, want %d", got, defaultGCPercent)
+	}
+
+	t.Setenv("GOGC", "100") // the runtime read GOGC at start; Axon only must not override it
+	_, out, err := parseServe(t, nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GC percent with GOGC set = %d, want it left alone (100)", got)
+	}
+	if !strings.Contains(out, "source=GOGC") {
+		t.Errorf("log does not say GOGC was used:\n%s", out)
+	}
+
+	if _, out, err := parseServe(t, nil, "--gc-percent", "30"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got := debug.SetGCPercent(100); got != 30 {
+		t.Errorf("GC percent from --gc-percent 30 = %d, want 30", got)
+	}
+}

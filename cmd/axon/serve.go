@@ -61,6 +61,7 @@ AXON_DATA_DIR). A flag given on the command line wins over the environment.`,
 		if err := applyMemoryLimit(opts.memoryLimit, logger); err != nil {
 			return err
 		}
+		applyGCPercent(opts.gcPercent, cmd.Flags().Changed("gc-percent"), logger)
 		return run(cfg)
 	}
 	return cmd
