@@ -200,13 +200,13 @@ func (x *Index) Get(key []byte, rev int64) (Entry, bool) {
 // alive at rev in key order. It returns the first max entries (all when
 // max < 0) and how many keys the range holds at rev.
 func (x *Index) Range(start, end []byte, rev int64, max int) ([]Entry, int64) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
 	var (
 		out   []Entry
 		count int64
 	)
 	if len(end) == 0 {
+		x.mu.RLock()
+		defer x.mu.RUnlock()
 		if k, ok := x.tree.Get(&keyIndex{key: string(start)}); ok {
 			if e, ok := k.at(rev); ok {
 				count = 1
@@ -217,37 +217,94 @@ func (x *Index) Range(start, end []byte, rev int64, max int) ([]Entry, int64) {
 		}
 		return out, count
 	}
-	visit := func(k *keyIndex) bool {
-		if e, ok := k.at(rev); ok {
-			count++
-			if max < 0 || len(out) < max {
-				out = append(out, e)
-			}
+	x.walk(start, end, rev, func(e Entry) bool {
+		count++
+		if max < 0 || len(out) < max {
+			out = append(out, e)
 		}
 		return true
-	}
-	lo := &keyIndex{key: string(start)}
-	if len(end) == 1 && end[0] == 0 {
-		x.tree.AscendGreaterOrEqual(lo, visit)
-	} else {
-		// A LIST counts every key of its range on every page, so the walk
-		// is kept lean: AscendRange would compare each key with the bound.
-		// The first key past the range is found once; the walk then stops
-		// at that item without comparing keys, so it never reads the keys'
-		// bytes, only the index entries (a cache miss fewer per key).
-		if string(end) <= string(start) {
-			return nil, 0
-		}
-		var stop *keyIndex
-		x.tree.AscendGreaterOrEqual(&keyIndex{key: string(end)}, func(k *keyIndex) bool {
-			stop = k
-			return false
-		})
-		x.tree.AscendGreaterOrEqual(lo, func(k *keyIndex) bool {
-			return k != stop && visit(k)
-		})
-	}
+	})
 	return out, count
+}
+
+// Page returns up to max entries (max > 0) of the keys of [start, end)
+// alive at rev, in key order, and the key to pass as start for the next
+// page (nil when the range is exhausted). It does not count the range: a
+// stream reads a big range page by page without holding it all.
+func (x *Index) Page(start, end []byte, rev int64, max int) ([]Entry, []byte) {
+	if len(end) == 0 {
+		es, _ := x.Range(start, end, rev, max)
+		return es, nil
+	}
+	out := make([]Entry, 0, max)
+	var next []byte
+	x.walk(start, end, rev, func(e Entry) bool {
+		if len(out) == max {
+			next = []byte(e.Key)
+			return false
+		}
+		out = append(out, e)
+		return true
+	})
+	return out, next
+}
+
+// walkBatch is how many keys a walk visits per hold of the read lock. An
+// unpaginated LIST of 100,000 keys held it for milliseconds, and the writer
+// applying a committed group waits for the lock (and Go's RWMutex makes new
+// readers wait behind a waiting writer), so every write acknowledged in
+// that time waited for the LIST.
+const walkBatch = 512
+
+// walk calls fn, with the read lock held, for each key of [start, end)
+// (end non-empty; "\x00" means to the end) alive at rev, in key order,
+// until fn returns false. It releases the lock every walkBatch keys and
+// goes on from the key after the last one visited: keys added meanwhile
+// were created after rev, so they have no state at rev and are skipped,
+// and a compaction keeps every key's state at revisions it does not
+// reach, which the caller checked rev against.
+func (x *Index) walk(start, end []byte, rev int64, fn func(Entry) bool) {
+	toEnd := len(end) == 1 && end[0] == 0
+	if !toEnd && string(end) <= string(start) {
+		return
+	}
+	from := string(start)
+	for {
+		x.mu.RLock()
+		// The first key past the range is found again in each batch (it
+		// may have been compacted away meanwhile); the walk then stops at
+		// that item without comparing keys, so it never reads the keys'
+		// bytes, only the index entries (a cache miss fewer per key).
+		var stop *keyIndex
+		if !toEnd {
+			x.tree.AscendGreaterOrEqual(&keyIndex{key: string(end)}, func(k *keyIndex) bool {
+				stop = k
+				return false
+			})
+		}
+		n, done := 0, true
+		var last string
+		x.tree.AscendGreaterOrEqual(&keyIndex{key: from}, func(k *keyIndex) bool {
+			if k == stop {
+				return false
+			}
+			if n == walkBatch {
+				done = false
+				return false
+			}
+			n++
+			last = k.key
+			if e, ok := k.at(rev); ok && !fn(e) {
+				return false // done stays true
+			}
+			return true
+		})
+		x.mu.RUnlock()
+		if done {
+			return
+		}
+		from = last + "\x00"
+	}
 }
 
 // Apply adds committed revision records, in order, and moves the index to

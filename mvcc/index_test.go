@@ -344,3 +344,76 @@ func BenchmarkIndexMemory(b *testing.B) {
 		runtime.KeepAlive(idx)
 	}
 }
+
+// TestRangeWhileWriting reads big ranges (many lock batches each) at a
+// fixed revision while the writer keeps creating keys inside and around
+// the range and deleting keys of it:
+// every Range and every Page walk must still answer exactly the keys alive
+// at that revision, with the count of them.
+func TestRangeWhileWriting(t *testing.T) {
+	idx := mvcc.NewIndex(0, 0)
+	key := func(i int) string { return fmt.Sprintf("/r/%06d", i) }
+	put := func(rev int64, k string) {
+		idx.Apply(rev, &axonpb.RevisionRecord{Revision: rev, Changes: []*axonpb.Change{{Key: []byte(k), Kv: &axonpb.KeyValue{ModRevision: rev, CreateRevision: rev, Version: 1}}}})
+	}
+	const n = 5000 // about ten batches
+	rev := int64(0)
+	for i := 0; i < n; i += 2 { // even keys exist at the read revision
+		rev++
+		put(rev, key(i))
+	}
+	readRev := rev
+	want := make([]string, 0, n/2)
+	for i := 0; i < n; i += 2 {
+		want = append(want, key(i))
+	}
+
+	done := make(chan struct{})
+	go func() { // the writer
+		defer close(done)
+		r := readRev
+		for i := 1; i < n; i += 2 { // odd keys, created after readRev, and keys past the range
+			r++
+			put(r, key(i))
+			r++
+			put(r, "/s/"+key(i))
+			if i%7 == 1 { // delete an even key after readRev
+				r++
+				k := key(i - 1)
+				idx.Apply(r, &axonpb.RevisionRecord{Revision: r, Changes: []*axonpb.Change{{Delete: true, Key: []byte(k), Kv: &axonpb.KeyValue{ModRevision: r}}}})
+			}
+		}
+	}()
+	for round := 0; ; round++ {
+		es, count := idx.Range([]byte("/r/"), []byte("/r0"), readRev, -1)
+		if got := keysOf(es); count != int64(len(want)) || strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("round %d: Range at %d: count %d, %d keys, want %d", round, readRev, count, len(got), len(want))
+		}
+		var paged []string
+		start := []byte("/r/")
+		for start != nil {
+			var page []mvcc.Entry
+			page, start = idx.Page(start, []byte("/r0"), readRev, 333)
+			paged = append(paged, keysOf(page)...)
+		}
+		if strings.Join(paged, ",") != strings.Join(want, ",") {
+			t.Fatalf("round %d: pages at %d: %d keys, want %d", round, readRev, len(paged), len(want))
+		}
+		select {
+		case <-done:
+			if round == 0 {
+				t.Log("the writer finished before the first read: the reads did not overlap writes")
+			}
+			return
+		default:
+		}
+	}
+}
+
+func keysOf(es []mvcc.Entry) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.Key
+	}
+	return out
+}
