@@ -26,6 +26,7 @@ func DecodeKV(b []byte) (*axonpb.KeyValue, error) {
 	if err != nil {
 		return nil, err
 	}
+	value = append([]byte(nil), value...)
 	return &axonpb.KeyValue{Value: value, CreateRevision: m.CreateRevision, ModRevision: m.ModRevision,
 		Version: m.Version, Lease: m.Lease, Deleted: m.Deleted}, nil
 }
@@ -76,8 +77,8 @@ func DecodeRecord(b []byte) (*axonpb.RevisionRecord, error) {
 // history entry, and the values are most of their bytes.
 func decodeMeta(b []byte) (stateMeta, error) { return decodeState(b, nil) }
 
-// decodeState decodes a stored axonpb.KeyValue; the value is copied into
-// *value unless value is nil.
+// decodeState decodes a stored axonpb.KeyValue; *value is set to the
+// value's bytes within b (not a copy) unless value is nil.
 func decodeState(b []byte, value *[]byte) (kv stateMeta, err error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -111,7 +112,7 @@ func decodeState(b []byte, value *[]byte) (kv stateMeta, err error) {
 			if n < 0 {
 				return kv, protowire.ParseError(n)
 			}
-			*value = append([]byte(nil), v...)
+			*value = v
 			b = b[n:]
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)

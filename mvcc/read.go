@@ -118,6 +118,33 @@ func (s IndexSource) LoadMany(es []Entry, fn func(i int, kv *axonpb.KeyValue) er
 }
 
 func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
+	return scanMany(snap, es, DecodeKV, func(kv *axonpb.KeyValue) *axonpb.KeyValue { return kv }, fn)
+}
+
+// ValueView is a stored state's value and lease as the store holds them:
+// Value is valid only during the call it is passed to.
+type ValueView struct {
+	Value []byte
+	Lease int64
+}
+
+// LoadManyView is LoadMany without copying values: fn gets each value in
+// the store's own memory, valid only during the call, so a caller that
+// encodes values straight into an outgoing message copies each once.
+func (s IndexSource) LoadManyView(es []Entry, fn func(i int, v ValueView) error) error {
+	return scanMany(s.Snap, es, func(stored []byte) (ValueView, error) {
+		var v []byte
+		m, err := decodeState(stored, &v)
+		return ValueView{Value: v, Lease: m.Lease}, err
+	}, func(kv *axonpb.KeyValue) ValueView { return ValueView{Value: kv.Value, Lease: kv.Lease} }, fn)
+}
+
+// scanMany hands fn the state of each of es, in order: decoded by decode
+// from the store's bytes (which stay valid only during fn), or converted by
+// loaded for an entry whose state is already known. Few entries are point
+// reads; more are one scan over the history of the first to the last key,
+// stepping over the states not wanted.
+func scanMany[T any](snap backend.Snapshot, es []Entry, decode func(stored []byte) (T, error), loaded func(*axonpb.KeyValue) T, fn func(i int, st T) error) error {
 	var stored []int // entries to read from the store
 	for i, e := range es {
 		if e.loaded == nil {
@@ -127,14 +154,22 @@ func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyVa
 	if len(stored) < scanLoadMin {
 		r := Reader{Snap: snap}
 		for i, e := range es {
-			kv := e.loaded
-			if kv == nil {
-				var err error
-				if kv, err = r.At([]byte(e.Key), e.Mod); err != nil {
+			var st T
+			if e.loaded != nil {
+				st = loaded(e.loaded)
+			} else {
+				b, err := r.Snap.Get(HistoryKey([]byte(e.Key), e.Mod))
+				if errors.Is(err, backend.ErrNotFound) {
+					err = fmt.Errorf("mvcc: state of %q at revision %d is missing from the store: %w", e.Key, e.Mod, err)
+				}
+				if err == nil {
+					st, err = decode(b)
+				}
+				if err != nil {
 					return err
 				}
 			}
-			if err := fn(i, kv); err != nil {
+			if err := fn(i, st); err != nil {
 				return err
 			}
 		}
@@ -152,7 +187,7 @@ func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyVa
 			if es[next].loaded == nil {
 				return fmt.Errorf("mvcc: state of %q at revision %d is missing from the store", es[next].Key, es[next].Mod)
 			}
-			if err := fn(next, es[next].loaded); err != nil {
+			if err := fn(next, loaded(es[next].loaded)); err != nil {
 				return err
 			}
 		}
@@ -167,11 +202,11 @@ func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyVa
 		if err := emitLoaded(i); err != nil {
 			return err
 		}
-		kv, err := DecodeKV(v)
+		st, err := decode(v)
 		if err != nil {
 			return fmt.Errorf("mvcc: history entry %x: %w", k, err)
 		}
-		if err := fn(i, kv); err != nil {
+		if err := fn(i, st); err != nil {
 			return err
 		}
 		next, j = i+1, j+1

@@ -77,6 +77,13 @@ type Config struct {
 	// past it (etcd's --quota-backend-bytes); 0 means 2 GiB, negative
 	// turns the quota off.
 	QuotaBackendBytes int64
+	// MaxReadBytesInFlight bounds the memory read answers hold while they
+	// are built and sent (see readBudget); 0 means the default, negative
+	// no bound.
+	MaxReadBytesInFlight int64
+	// ReadWaitTimeout is how long a read waits for room in
+	// MaxReadBytesInFlight before it fails with "too many requests".
+	ReadWaitTimeout time.Duration
 }
 
 // Defaults as etcd has them.
@@ -90,6 +97,8 @@ const (
 	DefaultLeaderLease                 = 3 * time.Second
 	DefaultMaxConcurrentStreams        = math.MaxUint32
 	DefaultQuotaBackendBytes           = 2 << 30
+	DefaultMaxReadBytesInFlight        = 256 << 20
+	DefaultReadWaitTimeout             = 10 * time.Second
 )
 
 // WithDefaults fills unset fields.
@@ -120,6 +129,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxConcurrentStreams == 0 {
 		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if c.MaxReadBytesInFlight == 0 {
+		c.MaxReadBytesInFlight = DefaultMaxReadBytesInFlight
+	}
+	if c.ReadWaitTimeout <= 0 {
+		c.ReadWaitTimeout = DefaultReadWaitTimeout
 	}
 	if c.QuotaBackendBytes == 0 {
 		c.QuotaBackendBytes = DefaultQuotaBackendBytes

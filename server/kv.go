@@ -5,7 +5,6 @@ import (
 	"errors"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -13,7 +12,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/axon-kv/axon/mvcc"
-	"github.com/axon-kv/axon/proto/axonpb"
 	"github.com/axon-kv/axon/revision"
 )
 
@@ -104,7 +102,11 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 		return nil, err
 	}
 	defer src.Snap.Close()
-	resp, err := mvcc.ExecRange(src, r, cur, comp)
+	h, untilSent := k.s.reads.hold(ctx)
+	if !untilSent {
+		defer h.release()
+	}
+	resp, err := mvcc.ExecRange(budgetSource{src, h}, r, cur, comp)
 	if err != nil {
 		return nil, err
 	}
@@ -112,11 +114,17 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 	return resp, nil
 }
 
-// streamChunkBytes is the size a RangeStream message aims for.
-const streamChunkBytes = 1 << 20
+// streamPageKeys is how many keys a RangeStream takes from the index at a
+// time: the stream holds one page of index entries and one chunk of
+// key-values, never the whole range.
+const streamPageKeys = 256
 
 // RangeStream sends one consistent range in chunks; only the last message
-// carries the header, more and count, as etcd 3.7 does.
+// carries the header, more and count, as etcd 3.7 does. Each chunk is
+// filled up to --max-request-bytes (etcd aims its chunks at the same size);
+// the range is read from the index page by page and its values with one
+// snapshot, so a stream holds about one chunk and its encoding, however big
+// the range.
 func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
 	if err := checkRange(r); err != nil {
 		return err
@@ -133,57 +141,85 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 		return err
 	}
 	defer src.Snap.Close()
-	if r.CountOnly {
-		resp, err := mvcc.ExecRange(src, r, cur, comp)
-		if err != nil {
-			return err
-		}
-		k.s.fill(resp.Header)
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: resp.Header, Count: resp.Count}})
-	}
 	rev, err := mvcc.ReadRevision(r.Revision, cur, comp)
 	if err != nil {
 		return err
 	}
-	want := -1
-	if r.Limit > 0 {
-		want = int(r.Limit)
-	}
-	entries, count, err := src.Entries(r.Key, r.RangeEnd, rev, want)
+	// The count walks the index without keeping entries.
+	_, count, err := src.Entries(r.Key, r.RangeEnd, rev, 0)
 	if err != nil {
 		return err
 	}
-	var (
-		chunk []*mvccpb.KeyValue
-		size  int
-	)
-	add := func(kv *mvccpb.KeyValue) error {
-		chunk = append(chunk, kv)
-		size += len(kv.Key) + len(kv.Value) + 32
-		if size < streamChunkBytes {
-			return nil
-		}
-		err := stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Kvs: chunk}})
-		chunk, size = nil, 0
+	if r.CountOnly {
+		resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, Count: count}
+		k.s.fill(resp.Header)
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: resp})
+	}
+	target := k.s.cfg.MaxRequestBytes
+	// A stream holds the chunk it fills and the one gRPC is still sending
+	// (plus the value that overflows a chunk): its share is that, however
+	// big the range.
+	budget, _ := k.s.reads.hold(stream.Context())
+	defer budget.release()
+	if err := budget.grow(2 * int64(target)); err != nil {
 		return err
 	}
-	if r.KeysOnly { // answered from the index, without leases, as etcd's
-		for _, e := range entries {
-			if err := add(e.KeyValue()); err != nil {
+	bufs := newChunkBuffers()
+	chunk, err := bufs.chunk(stream.Context(), target)
+	if err != nil {
+		return err
+	}
+	var key []byte // e.Key as bytes, reused
+	// A chunk is sent before the key-value that would take it past the
+	// target, so its buffer never grows; a key-value bigger than the
+	// target goes alone.
+	add := func(e mvcc.Entry, value []byte, lease int64) error {
+		key = append(key[:0], e.Key...)
+		if n, _ := kvSize(key, e.Create, e.Mod, e.Version, value, lease); chunk.size() > 0 && chunk.size()+n > target {
+			if err := stream.SendMsg(chunk.finish(nil, false, 0)); err != nil {
+				return err
+			}
+			var err error
+			if chunk, err = bufs.chunk(stream.Context(), max(target, n)); err != nil {
 				return err
 			}
 		}
-	} else if err := src.LoadMany(entries, func(i int, st *axonpb.KeyValue) error {
-		kv := entries[i].KeyValue()
-		kv.Value, kv.Lease = st.Value, st.Lease
-		return add(kv)
-	}); err != nil {
-		return err
+		chunk.add(key, e.Create, e.Mod, e.Version, value, lease)
+		return nil
 	}
-	last := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, Kvs: chunk, Count: count}
-	last.More = r.Limit > 0 && count > r.Limit
-	k.s.fill(last.Header)
-	return stream.Send(&pb.RangeStreamResponse{RangeResponse: last})
+	start, sent := r.Key, int64(0)
+	for start != nil && (r.Limit == 0 || sent < r.Limit) {
+		n := int64(streamPageKeys)
+		if r.Limit > 0 {
+			n = min(n, r.Limit-sent)
+		}
+		var page []mvcc.Entry
+		page, start = src.Idx.Page(start, r.RangeEnd, rev, int(n))
+		if _, comp := src.Idx.Rev(); comp > rev {
+			// The index forgot states at rev while the stream read it.
+			return mvcc.ErrCompacted
+		}
+		sent += int64(len(page))
+		if r.KeysOnly { // answered from the index, without leases, as etcd's
+			for _, e := range page {
+				if err := add(e, nil, 0); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		var valueBytes int64
+		if err := src.LoadManyView(page, func(i int, v mvcc.ValueView) error {
+			valueBytes += int64(len(v.Value))
+			return add(page[i], v.Value, v.Lease)
+		}); err != nil {
+			return err
+		}
+		k.s.reads.observe(len(page), valueBytes)
+	}
+	header := &pb.ResponseHeader{Revision: cur}
+	k.s.fill(header)
+	return stream.SendMsg(chunk.finish(header, r.Limit > 0 && count > r.Limit, count))
 }
 
 func (k *kvService) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {

@@ -12,6 +12,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/axon-kv/axon/internal/testenv"
 	"github.com/axon-kv/axon/server"
@@ -101,6 +102,74 @@ func TestRangeStreamMatchesEtcd(t *testing.T) {
 		}
 		if name == "prefix" && got.messages < 2 {
 			t.Errorf("prefix: Axon sent the whole range in %d message(s); want it streamed in chunks", got.messages)
+		}
+	}
+}
+
+// TestRangeStreamEqualsRange checks every field of every key-value a
+// RangeStream sends (it writes them in wire form itself) against the
+// unary Range of the same request: values empty, small and most of a
+// chunk, keys with and without leases, several generations of a key.
+func TestRangeStreamEqualsRange(t *testing.T) {
+	_, c := testenv.StartAxon(t, server.Config{Backend: "badger", MaxRequestBytes: 64 << 10})
+	ctx := context.Background()
+	lease, err := c.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mid int64
+	for i := 0; i < 300; i++ {
+		var opts []clientv3.OpOption
+		if i%3 == 0 {
+			opts = append(opts, clientv3.WithLease(lease.ID))
+		}
+		v := strings.Repeat(string(rune('a'+i%26)), i*7%900)
+		if i%50 == 7 {
+			v = strings.Repeat("B", 60<<10) // most of a chunk
+		}
+		r, err := c.Put(ctx, fmt.Sprintf("/e/%03d", i), v, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 150 {
+			mid = r.Header.Revision
+		}
+	}
+	for i := 0; i < 300; i += 7 {
+		if _, err := c.Put(ctx, fmt.Sprintf("/e/%03d", i), "again"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kv := pb.NewKVClient(c.ActiveConnection())
+	for name, r := range map[string]*pb.RangeRequest{
+		"prefix":      {Key: []byte("/e/"), RangeEnd: []byte("/e0")},
+		"limit":       {Key: []byte("/e/"), RangeEnd: []byte("/e0"), Limit: 123},
+		"at revision": {Key: []byte("/e/"), RangeEnd: []byte("/e0"), Revision: mid},
+		"keys only":   {Key: []byte("/e/"), RangeEnd: []byte("/e0"), KeysOnly: true},
+		"from key":    {Key: []byte("/e/250"), RangeEnd: []byte{0}},
+	} {
+		want, err := kv.Range(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := kv.RangeStream(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &pb.RangeResponse{}
+		for {
+			m, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			proto.Merge(got, m.RangeResponse)
+		}
+		if !proto.Equal(got, want) {
+			t.Errorf("%s: the stream put together differs from Range: %d vs %d key-values, count %d vs %d, more %v vs %v",
+				name, len(got.Kvs), len(want.Kvs), got.Count, want.Count, got.More, want.More)
 		}
 	}
 }

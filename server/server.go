@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -69,6 +70,7 @@ type Server struct {
 
 	// operations: metrics.go, quota.go, http.go, tls.go
 	metrics     *metrics
+	reads       *readBudget
 	quota       quota
 	healthSrv   *health.Server
 	httpServers []*http.Server
@@ -91,6 +93,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, startedAt: time.Now(), metrics: newMetrics(), hashes: &mvcc.HashCache{}}
 	s.quota.limit.Store(cfg.QuotaBackendBytes)
+	budget := cfg.MaxReadBytesInFlight
+	if budget < 0 {
+		budget = math.MaxInt64
+	}
+	s.reads = newReadBudget(budget, cfg.ReadWaitTimeout, s.metrics.reg)
 	s.conns = map[string]*grpc.ClientConn{}
 	var err error
 	switch {
@@ -208,6 +215,8 @@ func (s *Server) Start() error {
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor(), s.requireLeader, s.quotaCheck, s.leaseCounter),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.watchLimit),
+		grpc.StatsHandler(holdUntilSent{}),
+		grpc.ForceServerCodecV2(newServerCodec()),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes + grpcOverheadBytes),
 		grpc.MaxSendMsgSize(1<<31 - 1),
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),

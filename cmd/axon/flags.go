@@ -59,6 +59,8 @@ type serveOptions struct {
 	quotaBackendBytes    int64
 	memoryLimit          memoryLimitValue
 	gcPercent            int
+	readBudget           memoryLimitValue
+	readWaitTimeout      time.Duration
 
 	pdEndpoints         []string
 	name                string
@@ -114,6 +116,12 @@ func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
 		"Go soft memory limit (debug.SetMemoryLimit): the garbage collector works harder near it instead of letting the heap grow to twice the live data; "+
 			"it never refuses memory. auto: GOMEMLIMIT if that is set, else 85% of the cgroup memory limit (cgroup v2 memory.max or v1 memory.limit_in_bytes) "+
 			"when one is set, else none; 0: none; or a size such as 2GiB, 1536MiB")
+	o.readBudget = memoryLimitValue{auto: true}
+	fs.Var(&o.readBudget, "max-read-bytes-in-flight",
+		"memory read answers may hold while they are built and sent; a read that does not fit waits its turn, and past --read-wait-timeout fails "+
+			"with 'too many requests' (ResourceExhausted). auto: a quarter of the Go memory limit (--memory-limit) when there is one, else 256MiB; 0: no bound; or a size")
+	fs.DurationVar(&o.readWaitTimeout, "read-wait-timeout", server.DefaultReadWaitTimeout,
+		"how long a read waits for room in --max-read-bytes-in-flight before it fails with 'too many requests'")
 	fs.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent,
 		"Go garbage collection target (debug.SetGCPercent, as GOGC): the heap may grow this many percent over the live data before a collection. "+
 			"Lower uses less memory and more CPU; GOGC, when set, wins over the default; negative: collection off (with --memory-limit only)")
@@ -271,6 +279,10 @@ func (o *serveOptions) config() (server.Config, error) {
 	}
 	cfg.WatchProgressNotifyInterval = o.watchProgressNotifyInterval
 	cfg.AutoCompactionRetention = time.Duration(o.autoCompactionRetention)
+	if o.readWaitTimeout <= 0 {
+		return cfg, fmt.Errorf("--read-wait-timeout: must be positive, got %s", o.readWaitTimeout)
+	}
+	cfg.ReadWaitTimeout = o.readWaitTimeout
 
 	if err := o.tlsConfig(&cfg); err != nil {
 		return cfg, err

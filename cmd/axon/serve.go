@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -62,6 +63,7 @@ AXON_DATA_DIR). A flag given on the command line wins over the environment.`,
 			return err
 		}
 		applyGCPercent(opts.gcPercent, cmd.Flags().Changed("gc-percent"), logger)
+		cfg.MaxReadBytesInFlight = readBudgetBytes(opts.readBudget, debug.SetMemoryLimit(-1))
 		return run(cfg)
 	}
 	return cmd

@@ -1,0 +1,207 @@
+package server
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	protov2 "google.golang.org/protobuf/proto"
+)
+
+// rangeChunk builds one RangeStreamResponse directly in protobuf wire
+// form: each value is copied once, from the store's memory into the
+// outgoing message, instead of into a decoded key-value that gRPC then
+// encodes into a second buffer. A stream thus holds the chunk it fills and
+// the one gRPC is still sending, about two chunks.
+//
+// Chunks are filled in a stream's two buffers (chunkBuffers), so a stream
+// holds at most two chunks however fast it reads and however slowly the
+// client takes them.
+//
+// The message is RangeStreamResponse{range_response: RangeResponse{kvs...,
+// header, more, count}}. The RangeResponse's length is only known at the
+// end, so the buffer starts with room for the outer field's tag and the
+// longest length varint; finish writes them right before the RangeResponse
+// and the message starts there.
+type rangeChunk struct {
+	cb   *chunkBuf
+	pool *chunkBuffers
+	buf  []byte
+}
+
+// chunkPrefix is room for field 1's tag (one byte) and a length varint of
+// up to five bytes (lengths below 32 GiB).
+const chunkPrefix = 6
+
+// chunkTail is room for the last message's header, more and count.
+const chunkTail = 128
+
+// chunkBuffers is one stream's chunk buffers: at most two, one being
+// filled while gRPC sends the other. gRPC hands a buffer back (Put, through
+// the mem.Buffer's reference count) once it has written all of it to the
+// connection; filling a third chunk waits for that, which is how a slow
+// client's flow control reaches the stream without a third buffer.
+type chunkBuffers struct {
+	bufs [2]chunkBuf
+	made int // buffers handed out so far (at most len(bufs))
+	free chan *chunkBuf
+}
+
+type chunkBuf struct {
+	full []byte // the whole buffer
+	view []byte // the message within it, as given to gRPC
+}
+
+func newChunkBuffers() *chunkBuffers {
+	return &chunkBuffers{free: make(chan *chunkBuf, 2)}
+}
+
+// chunk returns an empty chunk with room for capacity bytes of key-values,
+// waiting (until ctx ends) for gRPC to let go of a buffer when both are
+// in use.
+func (p *chunkBuffers) chunk(ctx context.Context, capacity int) (*rangeChunk, error) {
+	var cb *chunkBuf
+	select {
+	case cb = <-p.free:
+	default:
+		if p.made < len(p.bufs) {
+			cb = &p.bufs[p.made]
+			p.made++
+		} else {
+			select {
+			case cb = <-p.free:
+			case <-ctx.Done():
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+		}
+	}
+	if need := chunkPrefix + capacity + chunkTail; cap(cb.full) < need {
+		cb.full = make([]byte, 0, need)
+	}
+	return &rangeChunk{cb: cb, pool: p, buf: cb.full[:chunkPrefix]}, nil
+}
+
+// Get implements mem.BufferPool; gRPC only puts these buffers back.
+func (p *chunkBuffers) Get(n int) *[]byte {
+	b := make([]byte, n)
+	return &b
+}
+
+// Put implements mem.BufferPool: gRPC is done with a chunk.
+func (p *chunkBuffers) Put(b *[]byte) {
+	for i := range p.bufs {
+		if b == &p.bufs[i].view {
+			p.free <- &p.bufs[i]
+			return
+		}
+	}
+}
+
+// size is the bytes added so far.
+func (c *rangeChunk) size() int { return len(c.buf) - chunkPrefix }
+
+// kvSize is the bytes add appends for a key-value.
+func kvSize(key []byte, create, mod, version int64, value []byte, lease int64) (field, message int) {
+	n := bytesFieldSize(1, key) + varintFieldSize(2, create) + varintFieldSize(3, mod) +
+		varintFieldSize(4, version) + bytesFieldSize(5, value) + varintFieldSize(6, lease)
+	return protowire.SizeTag(2) + protowire.SizeBytes(n), n
+}
+
+// add appends one mvccpb.KeyValue to kvs (RangeResponse field 2).
+func (c *rangeChunk) add(key []byte, create, mod, version int64, value []byte, lease int64) {
+	_, n := kvSize(key, create, mod, version, value, lease)
+	b := protowire.AppendTag(c.buf, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(n))
+	b = appendBytesField(b, 1, key)
+	b = appendVarintField(b, 2, create)
+	b = appendVarintField(b, 3, mod)
+	b = appendVarintField(b, 4, version)
+	b = appendBytesField(b, 5, value)
+	b = appendVarintField(b, 6, lease)
+	c.buf = b
+}
+
+// finish appends the last message's header, more and count (when header
+// is set) and returns the message to send. The chunk is not used after.
+func (c *rangeChunk) finish(header *pb.ResponseHeader, more bool, count int64) *rawMessage {
+	b := c.buf
+	if header != nil {
+		h, err := protov2.Marshal(header)
+		if err != nil {
+			panic(err) // a well-formed message cannot fail to encode
+		}
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendBytes(b, h)
+		if more {
+			b = protowire.AppendTag(b, 3, protowire.VarintType)
+			b = protowire.AppendVarint(b, 1)
+		}
+		b = appendVarintField(b, 4, count)
+	}
+	inner := len(b) - chunkPrefix
+	prefix := protowire.AppendVarint(protowire.AppendTag(make([]byte, 0, chunkPrefix), 1, protowire.BytesType), uint64(inner))
+	start := chunkPrefix - len(prefix)
+	copy(b[start:], prefix)
+	c.cb.full = b[:0] // keeps any growth of the buffer
+	c.cb.view = b[start:]
+	if mem.IsBelowBufferPoolingThreshold(cap(c.cb.view)) {
+		// gRPC would not give so small a buffer back: it leaves the pool.
+		view := c.cb.view
+		c.cb.full, c.cb.view = nil, nil
+		c.pool.free <- c.cb
+		return &rawMessage{buf: mem.SliceBuffer(view)}
+	}
+	return &rawMessage{buf: mem.NewBuffer(&c.cb.view, c.pool)}
+}
+
+func bytesFieldSize(num protowire.Number, v []byte) int {
+	if len(v) == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(len(v))
+}
+
+func varintFieldSize(num protowire.Number, v int64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeVarint(uint64(v))
+}
+
+func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
+	if len(v) == 0 { // proto3: empty bytes are not encoded
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+func appendVarintField(b []byte, num protowire.Number, v int64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(v))
+}
+
+// rawMessage is a message already in protobuf wire form.
+type rawMessage struct{ buf mem.Buffer }
+
+// serverCodec is gRPC's proto codec, except that a rawMessage is sent as
+// the bytes it holds.
+type serverCodec struct{ encoding.CodecV2 }
+
+func newServerCodec() serverCodec {
+	return serverCodec{encoding.GetCodecV2(proto.Name)}
+}
+
+func (c serverCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(*rawMessage); ok {
+		return mem.BufferSlice{r.buf}, nil
+	}
+	return c.CodecV2.Marshal(v)
+}

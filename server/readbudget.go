@@ -1,0 +1,204 @@
+package server
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+
+	"github.com/axon-kv/axon/mvcc"
+	"github.com/axon-kv/axon/proto/axonpb"
+)
+
+// readBudget bounds the memory read answers hold while they are built and
+// sent (--max-read-bytes-in-flight). An unpaginated LIST of a big resource
+// builds its whole answer and its encoding in memory; a few at once are how
+// etcd gets OOM-killed. A read takes its share before it loads any value
+// and keeps it until its answer has been sent; a read that does not fit
+// waits its turn (first come, first served), and past --read-wait-timeout
+// fails with etcd's "too many requests" (ResourceExhausted), which clients
+// retry. A read bigger than the whole budget runs alone.
+//
+// Shares are estimated from the index before values are read: the keys'
+// lengths are known, values count at the running mean of the values read
+// so far, and everything counts twice (the answer and its encoding).
+type readBudget struct {
+	sem  *semaphore.Weighted
+	size int64
+	wait time.Duration
+
+	meanValue atomic.Int64 // bytes, running mean of values read
+
+	inFlight prometheus.Gauge
+	waiting  prometheus.Gauge
+	refused  prometheus.Counter
+}
+
+// kvOverhead is what an answered key-value costs besides its key and value
+// bytes: the decoded message and its share of the encoding.
+const kvOverhead = 96
+
+func newReadBudget(size int64, wait time.Duration, reg prometheus.Registerer) *readBudget {
+	b := &readBudget{
+		sem:  semaphore.NewWeighted(size),
+		size: size,
+		wait: wait,
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "axon_read_bytes_in_flight",
+			Help: "Memory held by read answers being built or sent, as estimated against --max-read-bytes-in-flight.",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "axon_reads_waiting",
+			Help: "Reads waiting for room in --max-read-bytes-in-flight.",
+		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "axon_reads_refused_total",
+			Help: "Reads refused with 'too many requests' after waiting --read-wait-timeout for room.",
+		}),
+	}
+	b.meanValue.Store(512)
+	reg.MustRegister(b.inFlight, b.waiting, b.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "axon_read_bytes_budget",
+		Help: "--max-read-bytes-in-flight.",
+	}, func() float64 { return float64(size) }))
+	return b
+}
+
+// estimate is the share a read answering es takes (see readBudget).
+func (b *readBudget) estimate(es []mvcc.Entry) int64 {
+	mean := b.meanValue.Load()
+	var n int64
+	for _, e := range es {
+		n += int64(len(e.Key)) + mean + kvOverhead
+	}
+	return 2 * n
+}
+
+// observe moves the running mean towards what n values of total bytes
+// held.
+func (b *readBudget) observe(n int, total int64) {
+	if n == 0 {
+		return
+	}
+	m := b.meanValue.Load()
+	// Each read weighs as much as 1/8 of the history, however many
+	// values it read: a mean over recent reads, not over every value.
+	b.meanValue.Store(m + (total/int64(n)-m)/8)
+}
+
+// readHold is one read's share of the budget.
+type readHold struct {
+	b    *readBudget
+	ctx  context.Context
+	held int64
+}
+
+type readHoldKey struct{}
+
+// hold returns the share of the read running under ctx and whether the
+// stats handler attached it (then it is released once the answer is sent;
+// otherwise the caller releases it).
+func (b *readBudget) hold(ctx context.Context) (*readHold, bool) {
+	if h, ok := ctx.Value(readHoldKey{}).(*readHold); ok {
+		h.b, h.ctx = b, ctx
+		return h, true
+	}
+	return &readHold{b: b, ctx: ctx}, false
+}
+
+// grow takes n more bytes (in total no more than the whole budget),
+// waiting for room.
+func (h *readHold) grow(n int64) error {
+	n = min(n, h.b.size-h.held)
+	if n <= 0 {
+		return nil
+	}
+	if !h.b.sem.TryAcquire(n) {
+		h.b.waiting.Inc()
+		ctx, cancel := context.WithTimeout(h.ctx, h.b.wait)
+		err := h.b.sem.Acquire(ctx, n)
+		cancel()
+		h.b.waiting.Dec()
+		if err != nil {
+			if h.ctx.Err() != nil {
+				return status.FromContextError(h.ctx.Err()).Err()
+			}
+			h.b.refused.Inc()
+			return rpctypes.ErrGRPCRequestTooManyRequests
+		}
+	}
+	h.held += n
+	h.b.inFlight.Add(float64(n))
+	return nil
+}
+
+// release gives the whole share back.
+func (h *readHold) release() {
+	if h == nil || h.b == nil || h.held == 0 {
+		return
+	}
+	h.b.sem.Release(h.held)
+	h.b.inFlight.Sub(float64(h.held))
+	h.held = 0
+}
+
+// holdUntilSent attaches a share to every unary Range and releases it once
+// gRPC has sent the answer (stats.End comes after the response is written),
+// so the budget covers the encoded answer too, not only the building.
+type holdUntilSent struct{}
+
+const rangeMethod = "/etcdserverpb.KV/Range"
+
+func (holdUntilSent) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if info.FullMethodName != rangeMethod {
+		return ctx
+	}
+	return context.WithValue(ctx, readHoldKey{}, &readHold{})
+}
+
+func (holdUntilSent) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.End); !ok {
+		return
+	}
+	if h, ok := ctx.Value(readHoldKey{}).(*readHold); ok {
+		h.release()
+	}
+}
+
+func (holdUntilSent) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+
+func (holdUntilSent) HandleConn(context.Context, stats.ConnStats) {}
+
+// budgetSource charges the values a read loads to its share before
+// loading them.
+type budgetSource struct {
+	mvcc.IndexSource
+	h *readHold
+}
+
+func (s budgetSource) Load(e mvcc.Entry) (*axonpb.KeyValue, error) {
+	if err := s.h.grow(s.h.b.estimate([]mvcc.Entry{e})); err != nil {
+		return nil, err
+	}
+	return s.IndexSource.Load(e)
+}
+
+func (s budgetSource) LoadMany(es []mvcc.Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
+	if err := s.h.grow(s.h.b.estimate(es)); err != nil {
+		return err
+	}
+	var total int64
+	err := s.IndexSource.LoadMany(es, func(i int, kv *axonpb.KeyValue) error {
+		total += int64(len(kv.Value))
+		return fn(i, kv)
+	})
+	s.h.b.observe(len(es), total)
+	return err
+}
