@@ -124,10 +124,12 @@ var Suites = []string{"standard", "full", "quick"}
 //
 //	standard  create and update at 300 clients, get (linearizable and
 //	          serializable) at 100, list of ListObjects with limit 500 at 8,
-//	          watch (Watchers on WatchPrefixes, 10 writers), memory, scale
-//	          (ScaleObjects creates, then RSS, data dir and restart time)
-//	full      standard plus mixed, lease and interference (update p99 at 100
-//	          clients while 4 clients LIST InterferenceObjects unpaginated)
+//	          watch (Watchers on WatchPrefixes, 10 writers), interference
+//	          (updates from 100 clients while 4 clients LIST
+//	          InterferenceObjects unpaginated; throughput, p99, peak RSS),
+//	          memory, scale (ScaleObjects creates, then RSS, data dir and
+//	          restart time)
+//	full      standard plus mixed and lease
 //	quick     standard at a tenth of the sizes, for trying things out
 func Suite(name string, o SuiteOptions) ([]Step, error) {
 	o = o.withDefaults()
@@ -138,6 +140,7 @@ func Suite(name string, o SuiteOptions) ([]Step, error) {
 		o.Watchers = max(o.Watchers/10, 100)
 		o.WatchPrefixes = max(o.WatchPrefixes/10, 10)
 		o.ScaleObjects = max(o.ScaleObjects/10, 1000)
+		o.InterferenceObjects = max(o.InterferenceObjects/10, 1000)
 	}
 	timed := func(clients int, more func(c *Config)) func(*Config) {
 		return func(c *Config) {
@@ -163,6 +166,9 @@ func Suite(name string, o SuiteOptions) ([]Step, error) {
 			c.WatchPrefixes = o.WatchPrefixes
 			c.Rate = o.WatchRate
 		})},
+		{Name: "interference", Workload: "interference", Apply: timed(104, func(c *Config) {
+			c.Objects = o.InterferenceObjects
+		})},
 	}
 	switch name {
 	case "standard", "quick":
@@ -170,9 +176,6 @@ func Suite(name string, o SuiteOptions) ([]Step, error) {
 		steps = append(steps,
 			Step{Name: "mixed", Workload: "mixed", Apply: timed(100, nil)},
 			Step{Name: "lease", Workload: "lease", Apply: timed(50, nil)},
-			Step{Name: "interference", Workload: "interference", Apply: timed(104, func(c *Config) {
-				c.Objects = o.InterferenceObjects
-			})},
 		)
 	default:
 		return nil, fmt.Errorf("unknown suite %q (one of %s)", name, strings.Join(Suites, ", "))
@@ -725,6 +728,7 @@ func MetricsFor(workload string) []Metric {
 				return s.Throughput, true
 			}},
 			{Name: "list p99 ms", Value: seriesP99("list-unpaginated"), Fmt: ms},
+			{Name: "peak RSS MiB", Value: gaugeMiB("rss_peak_sampled_bytes")},
 			{Name: "errors", Value: totalErrors, Fmt: fmtCount},
 		}
 	}

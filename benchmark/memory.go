@@ -174,3 +174,44 @@ func DirSize(dir string) (allocated, apparent int64, err error) {
 	})
 	return allocated, apparent, err
 }
+
+// rssSampler reads a process's resident memory every rssSampleEvery and
+// keeps the highest value.
+type rssSampler struct {
+	stopc chan struct{}
+	done  chan struct{}
+	peak  int64
+	err   error
+}
+
+const rssSampleEvery = 50 * time.Millisecond
+
+func startRSSSampler(pid int) *rssSampler {
+	s := &rssSampler{stopc: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(rssSampleEvery)
+		defer t.Stop()
+		for {
+			rss, _, err := ProcessMemory(pid)
+			if err != nil {
+				s.err = err
+				return
+			}
+			s.peak = max(s.peak, rss)
+			select {
+			case <-s.stopc:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling and returns the peak.
+func (s *rssSampler) stop() (int64, error) {
+	close(s.stopc)
+	<-s.done
+	return s.peak, s.err
+}

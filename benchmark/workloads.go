@@ -331,6 +331,7 @@ type interferenceWL struct {
 	upd     updateWL
 	lst     listWL
 	listers int
+	rss     *rssSampler // nil without a server pid
 }
 
 func (x *interferenceWL) setup(ctx context.Context, r *run) error {
@@ -345,7 +346,28 @@ func (x *interferenceWL) setup(ctx context.Context, r *run) error {
 	if err := x.upd.setup(ctx, r); err != nil {
 		return err
 	}
-	return x.lst.setupNamed(ctx, r, "list-unpaginated", x.listers, 0, true)
+	if err := x.lst.setupNamed(ctx, r, "list-unpaginated", x.listers, 0, true); err != nil {
+		return err
+	}
+	if r.cfg.Pid > 0 {
+		x.rss = startRSSSampler(r.cfg.Pid)
+	}
+	return nil
+}
+
+// finish records the server's peak resident memory while the updates and
+// LISTs ran (sampled; the process's VmHWM would include the preload and
+// earlier steps).
+func (x *interferenceWL) finish(_ context.Context, r *run) error {
+	if x.rss == nil {
+		return nil
+	}
+	peak, err := x.rss.stop()
+	if err != nil {
+		return err
+	}
+	r.gauge("rss_peak_sampled_bytes", float64(peak))
+	return nil
 }
 
 func (x *interferenceWL) op(ctx context.Context, w *worker) error {

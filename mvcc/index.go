@@ -1,6 +1,7 @@
 package mvcc
 
 import (
+	"runtime"
 	"slices"
 	"sync"
 
@@ -303,6 +304,7 @@ func (x *Index) walk(start, end []byte, rev int64, fn func(Entry) bool) {
 		if done {
 			return
 		}
+		runtime.Gosched() // as loads do, see yieldEvery
 		from = last + "\x00"
 	}
 }

@@ -24,7 +24,9 @@
 package mvcc
 
 import (
+	"bytes"
 	"encoding/binary"
+	"strings"
 )
 
 const (
@@ -61,14 +63,27 @@ var (
 )
 
 func appendEscaped(b, key []byte) []byte {
-	for _, c := range key {
-		if c == 0 {
-			b = append(b, 0, 0xff)
-		} else {
-			b = append(b, c)
+	for {
+		// Keys rarely hold a zero byte: copy up to the next one at once.
+		i := bytes.IndexByte(key, 0)
+		if i < 0 {
+			return append(b, key...)
 		}
+		b = append(append(b, key[:i]...), 0, 0xff)
+		key = key[i+1:]
 	}
-	return b
+}
+
+// AppendHistoryKey appends HistoryKey(key, rev) to b.
+func AppendHistoryKey(b []byte, key string, rev int64) []byte {
+	b = append(b, prefixHistory)
+	if strings.IndexByte(key, 0) < 0 {
+		b = append(b, key...)
+	} else {
+		b = appendEscaped(b, []byte(key))
+	}
+	b = append(b, 0, 1)
+	return binary.BigEndian.AppendUint64(b, uint64(rev))
 }
 
 // HistoryPrefix is the prefix of every history entry of key.

@@ -76,3 +76,14 @@ func BenchmarkHistoryKey(b *testing.B) {
 		_ = HistoryKey(key, int64(i))
 	}
 }
+
+func TestAppendHistoryKey(t *testing.T) {
+	for _, key := range []string{"", "a", "/registry/pods/ns/p", "\x00", "a\x00b\x00", "\x00\x00\xff"} {
+		for _, rev := range []int64{0, 1, 1 << 40} {
+			want := HistoryKey([]byte(key), rev)
+			if got := AppendHistoryKey([]byte("pre"), key, rev); string(got) != "pre"+string(want) {
+				t.Errorf("AppendHistoryKey(%q, %d) = %x, want %x after the prefix", key, rev, got, want)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
 
@@ -107,6 +108,14 @@ func (s IndexSource) Load(e Entry) (*axonpb.KeyValue, error) {
 	return Reader{Snap: s.Snap}.At([]byte(e.Key), e.Mod)
 }
 
+// yieldEvery is how many values a big read loads between giving way to
+// other goroutines. Go preempts a running goroutine only after 10 ms, so
+// on two cores a LIST of 100,000 objects kept the requests of writers
+// waiting for a core for up to that long at every turn; yielding every few
+// hundred values (well under a millisecond) lets them in, and costs a LIST
+// nothing when nobody waits.
+const yieldEvery = 64
+
 // scanLoadMin is how many entries make LoadMany read the history range
 // with one iterator instead of a point read each: a point read searches
 // every memtable and level, an iterator only steps.
@@ -181,7 +190,7 @@ func scanMany[T any](snap backend.Snapshot, es []Entry, decode func(stored []byt
 	lo := HistoryKey([]byte(first.Key), first.Mod)
 	hi := HistoryKey([]byte(last.Key), last.Mod+1)
 	next := 0 // index into es of the next entry to hand out
-	want := HistoryKey([]byte(first.Key), first.Mod)
+	want := AppendHistoryKey(nil, first.Key, first.Mod)
 	emitLoaded := func(upto int) error {
 		for ; next < upto; next++ {
 			if es[next].loaded == nil {
@@ -214,7 +223,12 @@ func scanMany[T any](snap backend.Snapshot, es []Entry, decode func(stored []byt
 			return backend.ErrStop
 		}
 		e := es[stored[j]]
-		want = HistoryKey([]byte(e.Key), e.Mod)
+		want = AppendHistoryKey(want[:0], e.Key, e.Mod)
+		if j%yieldEvery == 0 {
+			// A big read gives the writer's requests a turn on the
+			// CPU (see yieldEvery).
+			runtime.Gosched()
+		}
 		return nil
 	})
 	if err != nil {

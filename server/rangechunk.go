@@ -113,16 +113,20 @@ func kvSize(key []byte, create, mod, version int64, value []byte, lease int64) (
 
 // add appends one mvccpb.KeyValue to kvs (RangeResponse field 2).
 func (c *rangeChunk) add(key []byte, create, mod, version int64, value []byte, lease int64) {
+	c.buf = appendKV(c.buf, key, create, mod, version, value, lease)
+}
+
+// appendKV appends one mvccpb.KeyValue as RangeResponse's field 2 (kvs).
+func appendKV(b, key []byte, create, mod, version int64, value []byte, lease int64) []byte {
 	_, n := kvSize(key, create, mod, version, value, lease)
-	b := protowire.AppendTag(c.buf, 2, protowire.BytesType)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
 	b = appendBytesField(b, 1, key)
 	b = appendVarintField(b, 2, create)
 	b = appendVarintField(b, 3, mod)
 	b = appendVarintField(b, 4, version)
 	b = appendBytesField(b, 5, value)
-	b = appendVarintField(b, 6, lease)
-	c.buf = b
+	return appendVarintField(b, 6, lease)
 }
 
 // finish appends the last message's header, more and count (when header
@@ -153,9 +157,9 @@ func (c *rangeChunk) finish(header *pb.ResponseHeader, more bool, count int64) *
 		view := c.cb.view
 		c.cb.full, c.cb.view = nil, nil
 		c.pool.free <- c.cb
-		return &rawMessage{buf: mem.SliceBuffer(view)}
+		return &rawMessage{bufs: mem.BufferSlice{mem.SliceBuffer(view)}}
 	}
-	return &rawMessage{buf: mem.NewBuffer(&c.cb.view, c.pool)}
+	return &rawMessage{bufs: mem.BufferSlice{mem.NewBuffer(&c.cb.view, c.pool)}}
 }
 
 func bytesFieldSize(num protowire.Number, v []byte) int {
@@ -188,8 +192,9 @@ func appendVarintField(b []byte, num protowire.Number, v int64) []byte {
 	return protowire.AppendVarint(b, uint64(v))
 }
 
-// rawMessage is a message already in protobuf wire form.
-type rawMessage struct{ buf mem.Buffer }
+// rawMessage is a message already in protobuf wire form, in one or more
+// pieces.
+type rawMessage struct{ bufs mem.BufferSlice }
 
 // serverCodec is gRPC's proto codec, except that a rawMessage is sent as
 // the bytes it holds.
@@ -201,7 +206,7 @@ func newServerCodec() serverCodec {
 
 func (c serverCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if r, ok := v.(*rawMessage); ok {
-		return mem.BufferSlice{r.buf}, nil
+		return r.bufs, nil
 	}
 	return c.CodecV2.Marshal(v)
 }

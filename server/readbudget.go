@@ -79,6 +79,22 @@ func (b *readBudget) estimate(es []mvcc.Entry) int64 {
 	return 2 * n
 }
 
+// estimateWire is the share of an answer built in wire form (see
+// rangeAny): the answer once, and the index entries naming it.
+func (b *readBudget) estimateWire(es []mvcc.Entry) int64 {
+	mean := b.meanValue.Load()
+	var n int64
+	for _, e := range es {
+		n += int64(len(e.Key)) + mean + wireOverhead
+	}
+	return n
+}
+
+// wireOverhead is what an answered key-value costs besides its key and
+// value bytes in a wire-form answer: its index entry and its fields' tags
+// and numbers.
+const wireOverhead = 80
+
 // observe moves the running mean towards what n values of total bytes
 // held.
 func (b *readBudget) observe(n int, total int64) {

@@ -234,7 +234,7 @@ func (s *Server) Start() error {
 	s.grpc = grpc.NewServer(opts...)
 	s.healthSrv = newHealthServer()
 	healthpb.RegisterHealthServer(s.grpc, s.healthSrv)
-	pb.RegisterKVServer(s.grpc, &kvService{s: s})
+	s.grpc.RegisterService(&kvServiceDesc, &kvService{s: s})
 	pb.RegisterWatchServer(s.grpc, newWatchService(s.hub, s.cfg.WatchProgressNotifyInterval, s.cfg.Logger, s.header,
 		withHasLeader(s.hasLeader), withMaxRequestBytes(s.cfg.MaxRequestBytes)))
 	pb.RegisterLeaseServer(s.grpc, &leaseRouter{s: s, local: newLeaseService(s.leases, s.header)})

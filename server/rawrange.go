@@ -1,0 +1,136 @@
+package server
+
+import (
+	"context"
+	"slices"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
+	protov2 "google.golang.org/protobuf/proto"
+
+	"github.com/axon-kv/axon/mvcc"
+)
+
+// kvServiceDesc is etcd's KV service with the Range method's handler
+// replaced by rangeHandler. Generated handlers must return a
+// *pb.RangeResponse; this one may return the answer already in wire form
+// (a rawMessage the server's codec sends as it is), so a LIST's values are
+// copied once, from the store's memory into the answer, instead of into
+// decoded key-values that gRPC then encodes into a second buffer as big as
+// the answer. Range itself stays for the answers built that way (orders
+// other than by key, revision filters).
+var kvServiceDesc = func() grpc.ServiceDesc {
+	d := pb.KV_ServiceDesc
+	d.Methods = slices.Clone(d.Methods)
+	for i := range d.Methods {
+		if d.Methods[i].MethodName == "Range" {
+			d.Methods[i].Handler = rangeHandler
+		}
+	}
+	return d
+}()
+
+func rangeHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	in := new(pb.RangeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	k := srv.(*kvService)
+	if interceptor == nil {
+		return k.rangeAny(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{Server: srv, FullMethod: pb.KV_Range_FullMethodName}
+	return interceptor(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+		return k.rangeAny(ctx, req.(*pb.RangeRequest))
+	})
+}
+
+// rangeSegment is the size of the pieces a wire-form answer is built in:
+// the answer grows by appending pieces, never by copying what it holds.
+const rangeSegment = 1 << 20
+
+// rangeAny answers r in wire form when it is in key order without revision
+// filters (every LIST kube-apiserver sends), else through Range.
+func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, error) {
+	keyOrder := r.SortOrder == pb.RangeRequest_NONE && r.SortTarget == pb.RangeRequest_KEY ||
+		r.SortOrder == pb.RangeRequest_ASCEND && r.SortTarget == pb.RangeRequest_KEY
+	if r.CountOnly || !keyOrder || mvcc.HasRevisionFilters(r) {
+		return k.Range(ctx, r)
+	}
+	if err := checkRange(r); err != nil {
+		return nil, err
+	}
+	src, cur, comp, err := k.view(r.Serializable)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Snap.Close()
+	rev, err := mvcc.ReadRevision(r.Revision, cur, comp)
+	if err != nil {
+		return nil, err
+	}
+	want := -1
+	if r.Limit > 0 {
+		want = int(r.Limit) + 1 // one past the limit tells more
+	}
+	entries, count, err := src.Entries(r.Key, r.RangeEnd, rev, want)
+	if err != nil {
+		return nil, err
+	}
+	more := r.Limit > 0 && int64(len(entries)) > r.Limit
+	if more {
+		entries = entries[:r.Limit]
+	}
+	h, untilSent := k.s.reads.hold(ctx)
+	if !untilSent {
+		defer h.release()
+	}
+	if err := h.grow(k.s.reads.estimateWire(entries)); err != nil {
+		return nil, err
+	}
+
+	var (
+		segs mem.BufferSlice
+		seg  []byte
+		key  []byte
+	)
+	add := func(e mvcc.Entry, value []byte, lease int64) {
+		key = append(key[:0], e.Key...)
+		n, _ := kvSize(key, e.Create, e.Mod, e.Version, value, lease)
+		if len(seg)+n > cap(seg) {
+			if len(seg) > 0 {
+				segs = append(segs, mem.SliceBuffer(seg))
+			}
+			seg = make([]byte, 0, max(rangeSegment, n))
+		}
+		seg = appendKV(seg, key, e.Create, e.Mod, e.Version, value, lease)
+	}
+	if r.KeysOnly { // answered from the index, without leases, as etcd's
+		for _, e := range entries {
+			add(e, nil, 0)
+		}
+	} else {
+		var valueBytes int64
+		if err := src.LoadManyView(entries, func(i int, v mvcc.ValueView) error {
+			valueBytes += int64(len(v.Value))
+			add(entries[i], v.Value, v.Lease)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		k.s.reads.observe(len(entries), valueBytes)
+	}
+	if len(seg) > 0 {
+		segs = append(segs, mem.SliceBuffer(seg))
+	}
+	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, More: more, Count: count}
+	k.s.fill(resp.Header)
+	head, err := protov2.Marshal(resp)
+	if err != nil {
+		return nil, err
+	}
+	// A message's fields may come in any order: the header, more and count
+	// first, then the key-values.
+	return &rawMessage{bufs: append(mem.BufferSlice{mem.SliceBuffer(head)}, segs...)}, nil
+}
