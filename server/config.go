@@ -97,8 +97,8 @@ const (
 	DefaultLeaderLease                 = 3 * time.Second
 	DefaultMaxConcurrentStreams        = math.MaxUint32
 	DefaultQuotaBackendBytes           = 2 << 30
-	DefaultMaxReadBytesInFlight        = 256 << 20
-	DefaultReadWaitTimeout             = 10 * time.Second
+	DefaultMaxReadBytesInFlight        = 64 << 20
+	DefaultReadWaitTimeout             = 30 * time.Second
 )
 
 // WithDefaults fills unset fields.

@@ -90,19 +90,29 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 		return nil, err
 	}
 
+	// The pieces come from gRPC's buffer pool and go back to it once gRPC
+	// has written them: LISTs back to back reuse the same memory instead
+	// of giving the collector the size of every answer to reclaim.
 	var (
+		pool = mem.DefaultBufferPool()
 		segs mem.BufferSlice
+		segp *[]byte // the piece being filled (*segp[:0] as handed out)
 		seg  []byte
 		key  []byte
 	)
+	flush := func() {
+		if len(seg) > 0 {
+			*segp = seg
+			segs = append(segs, mem.NewBuffer(segp, pool))
+		}
+	}
 	add := func(e mvcc.Entry, value []byte, lease int64) {
 		key = append(key[:0], e.Key...)
 		n, _ := kvSize(key, e.Create, e.Mod, e.Version, value, lease)
-		if len(seg)+n > cap(seg) {
-			if len(seg) > 0 {
-				segs = append(segs, mem.SliceBuffer(seg))
-			}
-			seg = make([]byte, 0, max(rangeSegment, n))
+		if segp == nil || len(seg)+n > cap(seg) {
+			flush()
+			segp = pool.Get(max(rangeSegment, n))
+			seg = (*segp)[:0]
 		}
 		seg = appendKV(seg, key, e.Create, e.Mod, e.Version, value, lease)
 	}
@@ -121,9 +131,7 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 		}
 		k.s.reads.observe(len(entries), valueBytes)
 	}
-	if len(seg) > 0 {
-		segs = append(segs, mem.SliceBuffer(seg))
-	}
+	flush()
 	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, More: more, Count: count}
 	k.s.fill(resp.Header)
 	head, err := protov2.Marshal(resp)

@@ -119,7 +119,7 @@ func (o *serveOptions) registerFlags(fs *pflag.FlagSet) {
 	o.readBudget = memoryLimitValue{auto: true}
 	fs.Var(&o.readBudget, "max-read-bytes-in-flight",
 		"memory read answers may hold while they are built and sent; a read that does not fit waits its turn, and past --read-wait-timeout fails "+
-			"with 'too many requests' (ResourceExhausted). auto: a quarter of the Go memory limit (--memory-limit) when there is one, else 256MiB; 0: no bound; or a size")
+			"with 'too many requests' (ResourceExhausted). auto: an eighth of the Go memory limit (--memory-limit) when there is one, else 64MiB; 0: no bound; or a size")
 	fs.DurationVar(&o.readWaitTimeout, "read-wait-timeout", server.DefaultReadWaitTimeout,
 		"how long a read waits for room in --max-read-bytes-in-flight before it fails with 'too many requests'")
 	fs.IntVar(&o.gcPercent, "gc-percent", defaultGCPercent,

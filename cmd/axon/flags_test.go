@@ -55,6 +55,7 @@ func TestServeDefaults(t *testing.T) {
 		MaxConcurrentStreams:        math.MaxUint32,
 		WriteQueueLength:            4096,
 		QuotaBackendBytes:           2 << 30,
+		ReadWaitTimeout:             server.DefaultReadWaitTimeout,
 		LeaderLease:                 server.DefaultLeaderLease,
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -95,6 +96,7 @@ func TestServeEnvFlagPrecedence(t *testing.T) {
 		MaxConcurrentStreams:        math.MaxUint32,
 		WriteQueueLength:            4096,
 		QuotaBackendBytes:           2 << 30,
+		ReadWaitTimeout:             server.DefaultReadWaitTimeout,
 		LeaderLease:                 server.DefaultLeaderLease,
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -275,13 +275,13 @@ func applyGCPercent(percent int, explicit bool, log *slog.Logger) {
 }
 
 // readBudgetBytes resolves --max-read-bytes-in-flight for the server
-// config: auto is a quarter of the Go memory limit when one is set (the
+// config: auto is an eighth of the Go memory limit when one is set (the
 // rest is the index, the engine and the collector's headroom), else the
 // server's default; 0 means no bound (negative in the config).
 func readBudgetBytes(v memoryLimitValue, goLimit int64) int64 {
 	switch {
 	case v.auto && goLimit != math.MaxInt64:
-		return goLimit / 4
+		return goLimit / 8
 	case v.auto:
 		return 0 // the server's default
 	case v.bytes == 0:

@@ -194,3 +194,20 @@ func TestServeGCPercent(t *testing.T) {
 		t.Errorf("GC percent from --gc-percent 30 = %d, want 30", got)
 	}
 }
+
+func TestReadBudgetBytes(t *testing.T) {
+	for _, c := range []struct {
+		v       memoryLimitValue
+		goLimit int64
+		want    int64
+	}{
+		{memoryLimitValue{auto: true}, 2 << 30, 256 << 20},
+		{memoryLimitValue{auto: true}, math.MaxInt64, 0}, // the server's default
+		{memoryLimitValue{bytes: 0}, 2 << 30, -1},        // no bound
+		{memoryLimitValue{bytes: 100 << 20}, 2 << 30, 100 << 20},
+	} {
+		if got := readBudgetBytes(c.v, c.goLimit); got != c.want {
+			t.Errorf("readBudgetBytes(%v, %d) = %d, want %d", c.v.String(), c.goLimit, got, c.want)
+		}
+	}
+}
