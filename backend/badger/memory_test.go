@@ -84,6 +84,13 @@ func TestReadsSnappyTablesFromEarlierVersions(t *testing.T) {
 	if compressed == 0 {
 		t.Fatalf("no compressed table written by the old options: %+v", d.db.Tables())
 	}
+	wantScan(t, d, n, func(i int) string { return fmt.Sprintf("key/%05d", i) }, val)
+}
+
+// wantScan checks that d holds exactly n keys under key/, key(i) holding
+// val(i), read with one scan of a snapshot.
+func wantScan(t *testing.T, d *DB, n int, key func(int) string, val func(int) []byte) {
+	t.Helper()
 	s, err := d.Snapshot()
 	if err != nil {
 		t.Fatal(err)
@@ -91,8 +98,8 @@ func TestReadsSnappyTablesFromEarlierVersions(t *testing.T) {
 	defer s.Close()
 	i := 0
 	err = s.Scan([]byte("key/"), []byte("key0"), backend.ScanOptions{}, func(k, v []byte) error {
-		if want := fmt.Sprintf("key/%05d", i); string(k) != want || !bytes.Equal(v, val(i)) {
-			return fmt.Errorf("entry %d: key %q, value %.20q...", i, k, v)
+		if want := key(i); string(k) != want || !bytes.Equal(v, val(i)) {
+			return fmt.Errorf("entry %d: key %q, %d value bytes (%.20q...)", i, k, len(v), v)
 		}
 		i++
 		return nil

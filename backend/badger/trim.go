@@ -46,7 +46,15 @@ func (d *DB) trimTables() (int64, error) {
 		return 0, nil
 	}
 	before := tableIDs(d.db.Tables())
-	if len(before) == 0 {
+	fresh := false
+	for id := range before {
+		if !d.trim.trimmed[id] {
+			fresh = true
+			break
+		}
+	}
+	if !fresh {
+		// Nothing written since the last pass: no iterator, no maps.
 		return 0, nil
 	}
 	txn := d.db.NewTransactionAt(0, false)
@@ -90,6 +98,16 @@ func tableIDs(tables []badgerdb.TableInfo) map[uint64]bool {
 	return ids
 }
 
+// tableFileID is the table ID of path when it names a table file
+// (NNNNNN.sst) directly inside dir.
+func tableFileID(path, dir string) (uint64, bool) {
+	if filepath.Dir(path) != dir || !strings.HasSuffix(path, ".sst") {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(path), ".sst"), 10, 64)
+	return id, err == nil
+}
+
 type tableMapping struct {
 	start, end uintptr
 	id         uint64
@@ -112,11 +130,8 @@ func tableMappings(maps []byte, dir string) []tableMapping {
 		if len(f) != 5 || len(f[1]) != 4 || f[1][3] != 's' {
 			continue
 		}
-		if filepath.Dir(path) != dir || !strings.HasSuffix(path, ".sst") {
-			continue
-		}
-		id, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(path), ".sst"), 10, 64)
-		if err != nil {
+		id, ok := tableFileID(path, dir)
+		if !ok {
 			continue
 		}
 		lo, hi, ok := strings.Cut(f[0], "-")

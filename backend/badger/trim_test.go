@@ -72,22 +72,7 @@ func TestTrimTablesDropsWrittenPages(t *testing.T) {
 		t.Errorf("second trim: %d bytes, %v; want each table trimmed once", again, err)
 	}
 
-	s, err := d.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	i := 0
-	err = s.Scan([]byte("key/"), []byte("key0"), backend.ScanOptions{}, func(k, v []byte) error {
-		if want := fmt.Sprintf("key/%06d", i); string(k) != want || !bytes.Equal(v, val(i)) {
-			return fmt.Errorf("entry %d: key %q, %d value bytes", i, k, len(v))
-		}
-		i++
-		return nil
-	})
-	if err != nil || i != n {
-		t.Fatalf("scan after trimming: %d entries, %v; want %d", i, err, n)
-	}
+	wantScan(t, d, n, func(i int) string { return fmt.Sprintf("key/%06d", i) }, val)
 }
 
 // tableResidency sums the size and the resident part of this process's
@@ -111,8 +96,7 @@ func tableResidency(t *testing.T, dir string) (mapped, resident int) {
 		if !strings.HasSuffix(fields[0], ":") { // a mapping's header line
 			in = false
 			if i := strings.Index(line, " /"); i >= 0 {
-				path := line[i+1:]
-				in = filepath.Dir(path) == dir && strings.HasSuffix(path, ".sst")
+				_, in = tableFileID(line[i+1:], dir)
 			}
 			continue
 		}
