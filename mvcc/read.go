@@ -77,14 +77,21 @@ func (r Reader) get(k []byte) ([]byte, error) {
 
 // At returns key's stored state at exactly main revision rev.
 func (r Reader) At(key []byte, rev int64) (*axonpb.KeyValue, error) {
-	b, err := r.Snap.Get(HistoryKey(key, rev))
+	b, err := r.stored(key, rev)
 	if err != nil {
-		if errors.Is(err, backend.ErrNotFound) {
-			return nil, fmt.Errorf("mvcc: state of %q at revision %d is missing from the store: %w", key, rev, err)
-		}
 		return nil, err
 	}
 	return DecodeKV(b)
+}
+
+// stored returns the encoded state of key at exactly main revision rev, as
+// the snapshot's Get returns it.
+func (r Reader) stored(key []byte, rev int64) ([]byte, error) {
+	b, err := r.Snap.Get(HistoryKey(key, rev))
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil, fmt.Errorf("mvcc: state of %q at revision %d is missing from the store: %w", key, rev, err)
+	}
+	return b, err
 }
 
 // IndexSource reads through the index, loading values from a snapshot
@@ -123,11 +130,7 @@ const scanLoadMin = 16
 
 // LoadMany implements Source.
 func (s IndexSource) LoadMany(es []Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
-	return loadMany(s.Snap, es, fn)
-}
-
-func loadMany(snap backend.Snapshot, es []Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
-	return scanMany(snap, es, DecodeKV, func(kv *axonpb.KeyValue) *axonpb.KeyValue { return kv }, fn)
+	return scanMany(s.Snap, es, DecodeKV, func(kv *axonpb.KeyValue) *axonpb.KeyValue { return kv }, fn)
 }
 
 // ValueView is a stored state's value and lease as the store holds them:
@@ -167,10 +170,7 @@ func scanMany[T any](snap backend.Snapshot, es []Entry, decode func(stored []byt
 			if e.loaded != nil {
 				st = loaded(e.loaded)
 			} else {
-				b, err := r.Snap.Get(HistoryKey([]byte(e.Key), e.Mod))
-				if errors.Is(err, backend.ErrNotFound) {
-					err = fmt.Errorf("mvcc: state of %q at revision %d is missing from the store: %w", e.Key, e.Mod, err)
-				}
+				b, err := r.stored([]byte(e.Key), e.Mod)
 				if err == nil {
 					st, err = decode(b)
 				}
