@@ -102,10 +102,8 @@ func (k *kvService) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRes
 		return nil, err
 	}
 	defer src.Snap.Close()
-	h, untilSent := k.s.reads.hold(ctx)
-	if !untilSent {
-		defer h.release()
-	}
+	h := k.s.reads.hold(ctx)
+	defer h.done()
 	resp, err := mvcc.ExecRange(budgetSource{src, h}, r, cur, comp)
 	if err != nil {
 		return nil, err
@@ -123,14 +121,13 @@ const streamPageKeys = 256
 // carries the header, more and count, as etcd 3.7 does. Each chunk is
 // filled up to --max-request-bytes (etcd aims its chunks at the same size);
 // the range is read from the index page by page and its values with one
-// snapshot, so a stream holds about one chunk and its encoding, however big
-// the range.
+// snapshot, so a stream holds at most two chunks (see rangeChunk), however
+// big the range.
 func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
 	if err := checkRange(r); err != nil {
 		return err
 	}
-	if (r.SortOrder != pb.RangeRequest_NONE && !(r.SortTarget == pb.RangeRequest_KEY && r.SortOrder == pb.RangeRequest_ASCEND)) ||
-		(r.SortOrder == pb.RangeRequest_NONE && r.SortTarget != pb.RangeRequest_KEY) {
+	if !keyOrdered(r) {
 		return status.Error(codes.Unimplemented, "RangeStream does not support custom sort orders")
 	}
 	if mvcc.HasRevisionFilters(r) {
@@ -159,8 +156,8 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 	// A stream holds the chunk it fills and the one gRPC is still sending
 	// (plus the value that overflows a chunk): its share is that, however
 	// big the range.
-	budget, _ := k.s.reads.hold(stream.Context())
-	defer budget.release()
+	budget := k.s.reads.hold(stream.Context())
+	defer budget.done()
 	if err := budget.grow(2 * int64(target)); err != nil {
 		return err
 	}
@@ -169,13 +166,11 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 	if err != nil {
 		return err
 	}
-	var key []byte // e.Key as bytes, reused
 	// A chunk is sent before the key-value that would take it past the
 	// target, so its buffer never grows; a key-value bigger than the
 	// target goes alone.
 	add := func(e mvcc.Entry, value []byte, lease int64) error {
-		key = append(key[:0], e.Key...)
-		if n, _ := kvSize(key, e.Create, e.Mod, e.Version, value, lease); chunk.size() > 0 && chunk.size()+n > target {
+		if n, _ := kvSize(e, value, lease); chunk.size() > 0 && chunk.size()+n > target {
 			if err := stream.SendMsg(chunk.finish(nil, false, 0)); err != nil {
 				return err
 			}
@@ -184,7 +179,7 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 				return err
 			}
 		}
-		chunk.add(key, e.Create, e.Mod, e.Version, value, lease)
+		chunk.add(e, value, lease)
 		return nil
 	}
 	start, sent := r.Key, int64(0)
@@ -200,22 +195,9 @@ func (k *kvService) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingS
 			return mvcc.ErrCompacted
 		}
 		sent += int64(len(page))
-		if r.KeysOnly { // answered from the index, without leases, as etcd's
-			for _, e := range page {
-				if err := add(e, nil, 0); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		var valueBytes int64
-		if err := src.LoadManyView(page, func(i int, v mvcc.ValueView) error {
-			valueBytes += int64(len(v.Value))
-			return add(page[i], v.Value, v.Lease)
-		}); err != nil {
+		if err := k.eachKV(src, page, r.KeysOnly, add); err != nil {
 			return err
 		}
-		k.s.reads.observe(len(page), valueBytes)
 	}
 	header := &pb.ResponseHeader{Revision: cur}
 	k.s.fill(header)

@@ -10,17 +10,16 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	protov2 "google.golang.org/protobuf/proto"
+
+	"github.com/axon-kv/axon/mvcc"
 )
 
 // rangeChunk builds one RangeStreamResponse directly in protobuf wire
 // form: each value is copied once, from the store's memory into the
 // outgoing message, instead of into a decoded key-value that gRPC then
-// encodes into a second buffer. A stream thus holds the chunk it fills and
-// the one gRPC is still sending, about two chunks.
-//
-// Chunks are filled in a stream's two buffers (chunkBuffers), so a stream
-// holds at most two chunks however fast it reads and however slowly the
-// client takes them.
+// encodes into a second buffer. Chunks are filled in a stream's two
+// buffers (chunkBuffers), so a stream holds at most two chunks however
+// fast it reads and however slowly the client takes them.
 //
 // The message is RangeStreamResponse{range_response: RangeResponse{kvs...,
 // header, more, count}}. The RangeResponse's length is only known at the
@@ -104,29 +103,48 @@ func (p *chunkBuffers) Put(b *[]byte) {
 // size is the bytes added so far.
 func (c *rangeChunk) size() int { return len(c.buf) - chunkPrefix }
 
-// kvSize is the bytes add appends for a key-value.
-func kvSize(key []byte, create, mod, version int64, value []byte, lease int64) (field, message int) {
-	n := bytesFieldSize(1, key) + varintFieldSize(2, create) + varintFieldSize(3, mod) +
-		varintFieldSize(4, version) + bytesFieldSize(5, value) + varintFieldSize(6, lease)
+// kvSize is the bytes appendKV appends for e's key-value (field) and the
+// length of the KeyValue message within them.
+func kvSize(e mvcc.Entry, value []byte, lease int64) (field, message int) {
+	n := bytesFieldSize(1, len(e.Key)) + varintFieldSize(2, e.Create) + varintFieldSize(3, e.Mod) +
+		varintFieldSize(4, e.Version) + bytesFieldSize(5, len(value)) + varintFieldSize(6, lease)
 	return protowire.SizeTag(2) + protowire.SizeBytes(n), n
 }
 
-// add appends one mvccpb.KeyValue to kvs (RangeResponse field 2).
-func (c *rangeChunk) add(key []byte, create, mod, version int64, value []byte, lease int64) {
-	c.buf = appendKV(c.buf, key, create, mod, version, value, lease)
+// add appends e's key-value to kvs (RangeResponse field 2).
+func (c *rangeChunk) add(e mvcc.Entry, value []byte, lease int64) {
+	c.buf = appendKV(c.buf, e, value, lease)
 }
 
-// appendKV appends one mvccpb.KeyValue as RangeResponse's field 2 (kvs).
-func appendKV(b, key []byte, create, mod, version int64, value []byte, lease int64) []byte {
-	_, n := kvSize(key, create, mod, version, value, lease)
+// appendKV appends e's key-value, with value and lease, as one of
+// RangeResponse's kvs (field 2, an mvccpb.KeyValue).
+func appendKV(b []byte, e mvcc.Entry, value []byte, lease int64) []byte {
+	_, n := kvSize(e, value, lease)
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(n))
-	b = appendBytesField(b, 1, key)
-	b = appendVarintField(b, 2, create)
-	b = appendVarintField(b, 3, mod)
-	b = appendVarintField(b, 4, version)
-	b = appendBytesField(b, 5, value)
+	if len(e.Key) > 0 { // proto3: empty bytes are not encoded
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendString(b, e.Key)
+	}
+	b = appendVarintField(b, 2, e.Create)
+	b = appendVarintField(b, 3, e.Mod)
+	b = appendVarintField(b, 4, e.Version)
+	if len(value) > 0 {
+		b = protowire.AppendTag(b, 5, protowire.BytesType)
+		b = protowire.AppendBytes(b, value)
+	}
 	return appendVarintField(b, 6, lease)
+}
+
+// appendRangeTail appends the fields of a RangeResponse other than kvs:
+// the encodings of two parts of a message, one after the other, are the
+// encoding of the whole, whatever the order of the fields.
+func appendRangeTail(b []byte, header *pb.ResponseHeader, more bool, count int64) []byte {
+	b, err := protov2.MarshalOptions{}.MarshalAppend(b, &pb.RangeResponse{Header: header, More: more, Count: count})
+	if err != nil {
+		panic(err) // a well-formed message cannot fail to encode
+	}
+	return b
 }
 
 // finish appends the last message's header, more and count (when header
@@ -134,17 +152,7 @@ func appendKV(b, key []byte, create, mod, version int64, value []byte, lease int
 func (c *rangeChunk) finish(header *pb.ResponseHeader, more bool, count int64) *rawMessage {
 	b := c.buf
 	if header != nil {
-		h, err := protov2.Marshal(header)
-		if err != nil {
-			panic(err) // a well-formed message cannot fail to encode
-		}
-		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendBytes(b, h)
-		if more {
-			b = protowire.AppendTag(b, 3, protowire.VarintType)
-			b = protowire.AppendVarint(b, 1)
-		}
-		b = appendVarintField(b, 4, count)
+		b = appendRangeTail(b, header, more, count)
 	}
 	inner := len(b) - chunkPrefix
 	prefix := protowire.AppendVarint(protowire.AppendTag(make([]byte, 0, chunkPrefix), 1, protowire.BytesType), uint64(inner))
@@ -162,11 +170,11 @@ func (c *rangeChunk) finish(header *pb.ResponseHeader, more bool, count int64) *
 	return &rawMessage{bufs: mem.BufferSlice{mem.NewBuffer(&c.cb.view, c.pool)}}
 }
 
-func bytesFieldSize(num protowire.Number, v []byte) int {
-	if len(v) == 0 {
+func bytesFieldSize(num protowire.Number, n int) int {
+	if n == 0 {
 		return 0
 	}
-	return protowire.SizeTag(num) + protowire.SizeBytes(len(v))
+	return protowire.SizeTag(num) + protowire.SizeBytes(n)
 }
 
 func varintFieldSize(num protowire.Number, v int64) int {
@@ -174,14 +182,6 @@ func varintFieldSize(num protowire.Number, v int64) int {
 		return 0
 	}
 	return protowire.SizeTag(num) + protowire.SizeVarint(uint64(v))
-}
-
-func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
-	if len(v) == 0 { // proto3: empty bytes are not encoded
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
 }
 
 func appendVarintField(b []byte, num protowire.Number, v int64) []byte {

@@ -7,7 +7,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
-	protov2 "google.golang.org/protobuf/proto"
 
 	"github.com/axon-kv/axon/mvcc"
 )
@@ -53,9 +52,7 @@ const rangeSegment = 1 << 20
 // rangeAny answers r in wire form when it is in key order without revision
 // filters (every LIST kube-apiserver sends), else through Range.
 func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, error) {
-	keyOrder := r.SortOrder == pb.RangeRequest_NONE && r.SortTarget == pb.RangeRequest_KEY ||
-		r.SortOrder == pb.RangeRequest_ASCEND && r.SortTarget == pb.RangeRequest_KEY
-	if r.CountOnly || !keyOrder || mvcc.HasRevisionFilters(r) {
+	if r.CountOnly || !keyOrdered(r) || mvcc.HasRevisionFilters(r) {
 		return k.Range(ctx, r)
 	}
 	if err := checkRange(r); err != nil {
@@ -82,11 +79,10 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 	if more {
 		entries = entries[:r.Limit]
 	}
-	h, untilSent := k.s.reads.hold(ctx)
-	if !untilSent {
-		defer h.release()
-	}
-	if err := h.grow(k.s.reads.estimateWire(entries)); err != nil {
+	h := k.s.reads.hold(ctx)
+	defer h.done()
+	// The answer once, and the index entries naming it.
+	if err := h.grow(k.s.reads.estimate(entries, wireOverhead)); err != nil {
 		return nil, err
 	}
 
@@ -98,7 +94,6 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 		segs mem.BufferSlice
 		segp *[]byte // the piece being filled (*segp[:0] as handed out)
 		seg  []byte
-		key  []byte
 	)
 	flush := func() {
 		if len(seg) > 0 {
@@ -106,39 +101,54 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 			segs = append(segs, mem.NewBuffer(segp, pool))
 		}
 	}
-	add := func(e mvcc.Entry, value []byte, lease int64) {
-		key = append(key[:0], e.Key...)
-		n, _ := kvSize(key, e.Create, e.Mod, e.Version, value, lease)
+	add := func(e mvcc.Entry, value []byte, lease int64) error {
+		n, _ := kvSize(e, value, lease)
 		if segp == nil || len(seg)+n > cap(seg) {
 			flush()
 			segp = pool.Get(max(rangeSegment, n))
 			seg = (*segp)[:0]
 		}
-		seg = appendKV(seg, key, e.Create, e.Mod, e.Version, value, lease)
+		seg = appendKV(seg, e, value, lease)
+		return nil
 	}
-	if r.KeysOnly { // answered from the index, without leases, as etcd's
-		for _, e := range entries {
-			add(e, nil, 0)
-		}
-	} else {
-		var valueBytes int64
-		if err := src.LoadManyView(entries, func(i int, v mvcc.ValueView) error {
-			valueBytes += int64(len(v.Value))
-			add(entries[i], v.Value, v.Lease)
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-		k.s.reads.observe(len(entries), valueBytes)
-	}
-	flush()
-	resp := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: cur}, More: more, Count: count}
-	k.s.fill(resp.Header)
-	head, err := protov2.Marshal(resp)
-	if err != nil {
+	if err := k.eachKV(src, entries, r.KeysOnly, add); err != nil {
 		return nil, err
 	}
-	// A message's fields may come in any order: the header, more and count
-	// first, then the key-values.
+	flush()
+	header := &pb.ResponseHeader{Revision: cur}
+	k.s.fill(header)
+	// The header, more and count first, then the key-values.
+	head := appendRangeTail(nil, header, more, count)
 	return &rawMessage{bufs: append(mem.BufferSlice{mem.SliceBuffer(head)}, segs...)}, nil
+}
+
+// keyOrdered tells whether r's answer is in ascending key order, the
+// order of the index (and the only one RangeStream serves).
+func keyOrdered(r *pb.RangeRequest) bool {
+	return r.SortTarget == pb.RangeRequest_KEY &&
+		(r.SortOrder == pb.RangeRequest_NONE || r.SortOrder == pb.RangeRequest_ASCEND)
+}
+
+// eachKV calls add for each of es, in order, with its value and lease read
+// from the store's memory (valid during the call only), or with neither
+// for keys_only, which is answered from the index, without leases, as
+// etcd's.
+func (k *kvService) eachKV(src mvcc.IndexSource, es []mvcc.Entry, keysOnly bool, add func(e mvcc.Entry, value []byte, lease int64) error) error {
+	if keysOnly {
+		for _, e := range es {
+			if err := add(e, nil, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var valueBytes int64
+	if err := src.LoadManyView(es, func(i int, v mvcc.ValueView) error {
+		valueBytes += int64(len(v.Value))
+		return add(es[i], v.Value, v.Lease)
+	}); err != nil {
+		return err
+	}
+	k.s.reads.observe(len(es), valueBytes)
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc/stats"
@@ -25,8 +26,9 @@ import (
 // retry. A read bigger than the whole budget runs alone.
 //
 // Shares are estimated from the index before values are read: the keys'
-// lengths are known, values count at the running mean of the values read
-// so far, and everything counts twice (the answer and its encoding).
+// lengths are known and values count at the running mean of the values
+// read so far. An answer built in wire form (rawrange.go) counts once; one
+// built as decoded key-values counts twice (the answer and its encoding).
 type readBudget struct {
 	sem  *semaphore.Weighted
 	size int64
@@ -69,23 +71,13 @@ func newReadBudget(size int64, wait time.Duration, reg prometheus.Registerer) *r
 	return b
 }
 
-// estimate is the share a read answering es takes (see readBudget).
-func (b *readBudget) estimate(es []mvcc.Entry) int64 {
+// estimate is what answering es holds, counting per key-value its key,
+// a value of the running mean and overhead bytes.
+func (b *readBudget) estimate(es []mvcc.Entry, overhead int64) int64 {
 	mean := b.meanValue.Load()
 	var n int64
 	for _, e := range es {
-		n += int64(len(e.Key)) + mean + kvOverhead
-	}
-	return 2 * n
-}
-
-// estimateWire is the share of an answer built in wire form (see
-// rangeAny): the answer once, and the index entries naming it.
-func (b *readBudget) estimateWire(es []mvcc.Entry) int64 {
-	mean := b.meanValue.Load()
-	var n int64
-	for _, e := range es {
-		n += int64(len(e.Key)) + mean + wireOverhead
+		n += int64(len(e.Key)) + mean + overhead
 	}
 	return n
 }
@@ -112,19 +104,29 @@ type readHold struct {
 	b    *readBudget
 	ctx  context.Context
 	held int64
+	// untilSent: the stats handler attached it and releases it once the
+	// answer is sent.
+	untilSent bool
 }
 
 type readHoldKey struct{}
 
-// hold returns the share of the read running under ctx and whether the
-// stats handler attached it (then it is released once the answer is sent;
-// otherwise the caller releases it).
-func (b *readBudget) hold(ctx context.Context) (*readHold, bool) {
+// hold returns the share of the read running under ctx; the read calls
+// done when it has its answer.
+func (b *readBudget) hold(ctx context.Context) *readHold {
 	if h, ok := ctx.Value(readHoldKey{}).(*readHold); ok {
-		h.b, h.ctx = b, ctx
-		return h, true
+		h.b, h.ctx, h.untilSent = b, ctx, true
+		return h
 	}
-	return &readHold{b: b, ctx: ctx}, false
+	return &readHold{b: b, ctx: ctx}
+}
+
+// done releases the share, unless the stats handler releases it once the
+// answer has been sent.
+func (h *readHold) done() {
+	if !h.untilSent {
+		h.release()
+	}
 }
 
 // grow takes n more bytes (in total no more than the whole budget),
@@ -168,10 +170,8 @@ func (h *readHold) release() {
 // so the budget covers the encoded answer too, not only the building.
 type holdUntilSent struct{}
 
-const rangeMethod = "/etcdserverpb.KV/Range"
-
 func (holdUntilSent) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	if info.FullMethodName != rangeMethod {
+	if info.FullMethodName != pb.KV_Range_FullMethodName {
 		return ctx
 	}
 	return context.WithValue(ctx, readHoldKey{}, &readHold{})
@@ -193,21 +193,21 @@ func (holdUntilSent) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.
 func (holdUntilSent) HandleConn(context.Context, stats.ConnStats) {}
 
 // budgetSource charges the values a read loads to its share before
-// loading them.
+// loading them: twice, as they are held decoded and then encoded.
 type budgetSource struct {
 	mvcc.IndexSource
 	h *readHold
 }
 
 func (s budgetSource) Load(e mvcc.Entry) (*axonpb.KeyValue, error) {
-	if err := s.h.grow(s.h.b.estimate([]mvcc.Entry{e})); err != nil {
+	if err := s.h.grow(2 * s.h.b.estimate([]mvcc.Entry{e}, kvOverhead)); err != nil {
 		return nil, err
 	}
 	return s.IndexSource.Load(e)
 }
 
 func (s budgetSource) LoadMany(es []mvcc.Entry, fn func(i int, kv *axonpb.KeyValue) error) error {
-	if err := s.h.grow(s.h.b.estimate(es)); err != nil {
+	if err := s.h.grow(2 * s.h.b.estimate(es, kvOverhead)); err != nil {
 		return err
 	}
 	var total int64
