@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -37,34 +36,21 @@ func TestReadBudget(t *testing.T) {
 		MaxRequestBytes:      maxRequest,
 		MaxReadBytesInFlight: budget,
 		ReadWaitTimeout:      300 * time.Millisecond,
+		ListenMetricsURLs:    []string{"http://127.0.0.1:0"},
 	})
+	metrics := srv.MetricsURLs()[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	val := strings.Repeat("v", 1000)
-	for i := 0; i < n; i += 100 {
-		ops := make([]clientv3.Op, 0, 100)
-		for j := i; j < i+100; j++ {
-			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/big/%05d", j), val))
-		}
-		if _, err := c.Txn(ctx).Then(ops...).Commit(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putObjects(t, c, n, func(i int) string { return fmt.Sprintf("/big/%05d", i) }, val)
 
-	// A client with fixed 64 KiB flow-control windows (no BDP growth): the
-	// server's Send blocks once a window is full.
-	conn, err := grpc.NewClient(strings.TrimPrefix(srv.ClientURLs()[0], "http://"),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	// The server's Send blocks once the client's 64 KiB window is full.
+	conn := smallWindowConn(t, srv.ClientURLs()[0], 64<<10, 64<<10)
 	st, err := pb.NewKVClient(conn).RangeStream(ctx, &pb.RangeRequest{Key: []byte("/big/"), RangeEnd: []byte("/big0")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitGauge(t, srv, "axon_read_bytes_in_flight", func(v float64) bool { return v >= 2*maxRequest })
+	waitMetric(t, metrics, "axon_read_bytes_in_flight", func(v float64) bool { return v >= 2*maxRequest })
 
 	// The whole LIST does not fit next to the stream: it waits, then fails.
 	_, err = c.Get(ctx, "/big/", clientv3.WithPrefix())
@@ -78,10 +64,11 @@ func TestReadBudget(t *testing.T) {
 	if _, err := c.Put(ctx, "/big/x", "written meanwhile"); err != nil {
 		t.Fatalf("write while the budget is taken: %v", err)
 	}
-	if v := gauge(t, srv, "axon_read_bytes_in_flight"); v > budget {
+	have := scrape(t, metrics)
+	if v := have["axon_read_bytes_in_flight"]; v > budget {
 		t.Errorf("reads hold %.0f bytes, over the budget of %d", v, budget)
 	}
-	if v := gauge(t, srv, "axon_reads_refused_total"); v != 1 {
+	if v := have["axon_reads_refused_total"]; v != 1 {
 		t.Errorf("axon_reads_refused_total = %v, want 1", v)
 	}
 
@@ -112,39 +99,47 @@ func TestReadBudget(t *testing.T) {
 	if err != nil || len(r.Kvs) != n+1 {
 		t.Fatalf("LIST after the stream: %v, want %d key-values", err, n+1)
 	}
-	waitGauge(t, srv, "axon_read_bytes_in_flight", func(v float64) bool { return v == 0 })
+	waitMetric(t, metrics, "axon_read_bytes_in_flight", func(v float64) bool { return v == 0 })
 }
 
-func gauge(t *testing.T, srv *server.Server, name string) float64 {
+// putObjects writes n objects, key(i) holding val, 100 per Txn.
+func putObjects(t testing.TB, c *clientv3.Client, n int, key func(int) string, val string) {
 	t.Helper()
-	mfs, err := srv.Registry().Gather()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := 0; i < n; i += 100 {
+		ops := make([]clientv3.Op, 0, 100)
+		for j := i; j < min(i+100, n); j++ {
+			ops = append(ops, clientv3.OpPut(key(j), val))
+		}
+		if _, err := c.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// smallWindowConn dials clientURL with fixed flow-control windows (no BDP
+// growth): a stream the test does not read stops the server's sends once
+// they are full. It is closed on t.Cleanup.
+func smallWindowConn(t testing.TB, clientURL string, window, connWindow int32, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(opsHostOf(t, clientURL), append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(window), grpc.WithInitialConnWindowSize(connWindow),
+	}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return metricValue(mf.GetMetric()[0])
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
 
-func metricValue(m *dto.Metric) float64 {
-	switch {
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	}
-	return 0
-}
-
-func waitGauge(t *testing.T, srv *server.Server, name string, ok func(float64) bool) {
+// waitMetric waits until the metric name on base's /metrics satisfies ok.
+func waitMetric(t *testing.T, base, name string, ok func(float64) bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		v := gauge(t, srv, name)
+		v := scrape(t, base)[name]
 		if ok(v) {
 			return
 		}

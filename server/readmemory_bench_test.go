@@ -1,21 +1,16 @@
 package server_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/axon-kv/axon/internal/testenv"
 	"github.com/axon-kv/axon/server"
@@ -44,53 +39,23 @@ func BenchmarkReadMemory(b *testing.B) {
 	c := p.WaitReady(b)
 	ctx := context.Background()
 	val := strings.Repeat("v", 512)
-	for i := 0; i < n; i += 100 {
-		ops := make([]clientv3.Op, 0, 100)
-		for j := i; j < i+100; j++ {
-			// 70-byte keys, as kube-apiserver's /registry/<resource>/<namespace>/<name>
-			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/registry/configmaps/bench-namespace-000/object-%023d", j), val))
-		}
-		if _, err := c.Txn(ctx).Then(ops...).Commit(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	// 70-byte keys, as kube-apiserver's /registry/<resource>/<namespace>/<name>
+	putObjects(b, c, n, func(i int) string {
+		return fmt.Sprintf("/registry/configmaps/bench-namespace-000/object-%023d", i)
+	}, val)
 	time.Sleep(3 * time.Second) // let the engine flush what the load left in memtables
 
-	conn, err := grpc.NewClient(strings.TrimPrefix(p.URL, "http://"),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
+	conn := smallWindowConn(b, p.URL, 64<<10, 64<<10, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
 	kv := pb.NewKVClient(conn)
 	req := &pb.RangeRequest{Key: []byte("/registry/configmaps/"), RangeEnd: []byte("/registry/configmaps0")}
 	chunk := float64(server.DefaultMaxRequestBytes)
 	liveHeap := func() float64 {
-		resp, err := http.Get(metricsURL + "/debug/pprof/heap?gc=1")
-		if err != nil {
-			b.Fatal(err)
+		httpGet(b, metricsURL+"/debug/pprof/heap?gc=1") // collects first
+		v, ok := scrape(b, metricsURL)["go_memstats_heap_alloc_bytes"]
+		if !ok {
+			b.Fatal("no go_memstats_heap_alloc_bytes in /metrics")
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		resp, err = http.Get(metricsURL + "/metrics")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_heap_alloc_bytes "); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					b.Fatal(err)
-				}
-				return f
-			}
-		}
-		b.Fatal("no go_memstats_heap_alloc_bytes in /metrics")
-		return 0
+		return v
 	}
 	report := func(b *testing.B, peak float64) {
 		b.ReportMetric(peak/(1<<20), "peak-MiB")

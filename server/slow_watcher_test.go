@@ -22,8 +22,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/axon-kv/axon/internal/testenv"
 	"github.com/axon-kv/axon/server"
@@ -90,13 +88,7 @@ func TestSlowWatchers(t *testing.T) {
 	// Slow watchers: raw streams on one connection whose receive windows
 	// are small (no BDP growth), so that a stream that is not read stops
 	// the server's sends after a few KiB.
-	cc, err := grpc.NewClient(strings.TrimPrefix(s.ClientURLs()[0], "http://"),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(1<<20))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
+	cc := smallWindowConn(t, s.ClientURLs()[0], 64<<10, 1<<20)
 	type slowStream struct {
 		ws     pb.Watch_WatchClient
 		cancel context.CancelFunc
