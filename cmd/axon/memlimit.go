@@ -257,8 +257,8 @@ func applyMemoryLimit(m memoryLimitValue, log *slog.Logger) error {
 // is mostly long-lived (the key index, Badger's memtables), so that
 // headroom is mostly garbage-in-waiting: at a million keys it was about
 // 300 MiB of resident memory. Collecting at 50% over the live data costs
-// more collections, which the write path (bound by its group syncs, not
-// the CPU) absorbs.
+// more collections: in single scale runs the load of a million creates
+// went from 7,451 to 6,633 objects/s with it (README, Performance).
 const defaultGCPercent = 50
 
 // applyGCPercent sets the collector's target: the flag when given, else
