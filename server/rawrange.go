@@ -82,7 +82,8 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 	h := k.s.reads.hold(ctx)
 	defer h.done()
 	// The answer once, and the index entries naming it.
-	if err := h.grow(k.s.reads.estimate(entries, wireOverhead)); err != nil {
+	estimate := k.s.reads.estimate(entries, wireOverhead)
+	if err := h.grow(estimate); err != nil {
 		return nil, err
 	}
 
@@ -101,12 +102,16 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 			segs = append(segs, mem.NewBuffer(segp, pool))
 		}
 	}
+	// The first piece is sized from the estimate, so a single-object read
+	// takes a small buffer, not a whole piece.
+	size := int(min(estimate, rangeSegment))
 	add := func(e mvcc.Entry, value []byte, lease int64) error {
 		n, _ := kvSize(e, value, lease)
 		if segp == nil || len(seg)+n > cap(seg) {
 			flush()
-			segp = pool.Get(max(rangeSegment, n))
+			segp = pool.Get(max(size, n))
 			seg = (*segp)[:0]
+			size = rangeSegment
 		}
 		seg = appendKV(seg, e, value, lease)
 		return nil
