@@ -152,10 +152,12 @@ func TestTxnTooBigWritesNothing(t *testing.T) {
 				opts.Dir = t.TempDir()
 			}
 			d := open(t, opts)
-			// Inline values count fully against Badger's ~4.8 MiB limit.
+			// Values under the value threshold stay inline and count
+			// fully against Badger's limit on one transaction (15% of a
+			// memtable); 60,000 of them are ~6.6 MB.
 			var b backend.Batch
-			val := bytes.Repeat([]byte("v"), 1<<10)
-			for i := range 8000 {
+			val := bytes.Repeat([]byte("v"), valueThreshold-28)
+			for i := range 60000 {
 				b.Put(fmt.Appendf(nil, "k%05d", i), val)
 			}
 			err := d.Commit(&b)

@@ -2,6 +2,7 @@ package badger
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,9 +26,9 @@ func liveLogs(t *testing.T) string {
 	for i := 0; i < 300; i++ {
 		var b backend.Batch
 		for j := 0; j < 4; j++ {
-			size := 200
+			size := 60 // under the value threshold: inline in the write-ahead log
 			if (i+j)%7 == 0 {
-				size = 6000 // over the value threshold: value log
+				size = 6000 // value log
 			}
 			b.Put([]byte(fmt.Sprintf("key-%04d-%d", i, j)), bytes.Repeat([]byte{byte('a' + i%26)}, size))
 		}
@@ -133,4 +134,79 @@ func TestValidLogEndMatchesBadger(t *testing.T) {
 		t.Error("no cut log left to compare with Badger's cut")
 	}
 	d.Close()
+}
+
+// TestDamagedFinishedValueLogRefused: Badger reads only the newest value
+// log at open, so damage in an older one must be found by preflight, which
+// refuses the store instead of serving it until that value is read.
+func TestDamagedFinishedValueLogRefused(t *testing.T) {
+	defer func(n int64) { valueLogFileSize = n }(valueLogFileSize)
+	valueLogFileSize = 1 << 20 // Badger's smallest
+	dir := t.TempDir()
+	d, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	val := bytes.Repeat([]byte("v"), 1000)
+	for i := 0; i < 3000; i += 100 {
+		var b backend.Batch
+		for j := i; j < i+100; j++ {
+			b.Put(fmt.Appendf(nil, "key-%05d", j), val)
+		}
+		if err := d.Commit(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	vlogs, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if len(vlogs) < 2 {
+		t.Fatalf("want several value logs, got %v", vlogs)
+	}
+
+	// Intact: opens and reads every value back.
+	d, err = Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("intact store refused: %v", err)
+	}
+	snap, _ := d.Snapshot()
+	n := 0
+	if err := snap.Scan([]byte("key-"), []byte("key."), backend.ScanOptions{}, func(k, v []byte) error {
+		if !bytes.Equal(v, val) {
+			t.Fatalf("%s: value of %d bytes read back wrong", k, len(v))
+		}
+		n++
+		return nil
+	}); err != nil || n != 3000 {
+		t.Fatalf("scan: %d values, err %v", n, err)
+	}
+	snap.Close()
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	oldest := vlogs[0] // Glob sorts; names are zero-padded file numbers
+	f, err := os.OpenFile(oldest, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c [1]byte
+	if _, err := f.ReadAt(c[:], 500<<10); err != nil {
+		t.Fatal(err)
+	}
+	c[0] ^= 0x40
+	if _, err := f.WriteAt(c[:], 500<<10); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	d, err = Open(Options{Dir: dir})
+	if err == nil {
+		d.Close()
+		t.Fatal("a store with a damaged finished value log was opened")
+	}
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), filepath.Base(oldest)) {
+		t.Fatalf("want ErrDamaged naming %s, got %v", filepath.Base(oldest), err)
+	}
+	t.Logf("refused: %v", err)
 }

@@ -54,6 +54,7 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 	tables := map[uint64]string{}
 	var (
 		wals      []string
+		vlogs     []string
 		lastVlog  string
 		lastVlogN = -1
 	)
@@ -72,8 +73,11 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 				wals = append(wals, filepath.Join(dir, name))
 			}
 		case strings.HasSuffix(name, ".vlog"):
-			if n, err := strconv.Atoi(strings.TrimSuffix(name, ".vlog")); err == nil && n > lastVlogN {
-				lastVlog, lastVlogN = filepath.Join(dir, name), n
+			if n, err := strconv.Atoi(strings.TrimSuffix(name, ".vlog")); err == nil {
+				vlogs = append(vlogs, filepath.Join(dir, name))
+				if n > lastVlogN {
+					lastVlog, lastVlogN = filepath.Join(dir, name), n
+				}
 			}
 		}
 	}
@@ -101,6 +105,9 @@ func preflight(dir string, bo badgerdb.Options, log *slog.Logger) (rescue string
 			ErrDamaged, dir, len(missing), strings.Join(first(missing, 5), ", "))
 	}
 	if err := verifyTables(mf, tables); err != nil {
+		return "", fmt.Errorf("%w: %s: %v", ErrDamaged, dir, err)
+	}
+	if err := verifyValueLogs(vlogs, lastVlog); err != nil {
 		return "", fmt.Errorf("%w: %s: %v", ErrDamaged, dir, err)
 	}
 
@@ -191,34 +198,59 @@ func verifyTables(mf badgerdb.Manifest, files map[uint64]string) error {
 		ids = append(ids, id)
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	work := make(chan uint64)
-	var (
-		mu   sync.Mutex
-		errs []error
-		wg   sync.WaitGroup
-	)
+	return forEach(ids, func(id uint64) error { return verifyTable(files[id], mf.Tables[id]) })
+}
+
+// forEach runs check on every item, one worker per CPU, and returns the
+// error of the first item (in order) that failed.
+func forEach[T any](items []T, check func(T) error) error {
+	errs := make([]error, len(items))
+	work := make(chan int)
+	var wg sync.WaitGroup
 	for w := 0; w < max(1, runtime.GOMAXPROCS(0)); w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for id := range work {
-				if err := verifyTable(files[id], mf.Tables[id]); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
+			for i := range work {
+				errs[i] = check(items[i])
 			}
 		}()
 	}
-	for _, id := range ids {
-		work <- id
+	for i := range items {
+		work <- i
 	}
 	close(work)
 	wg.Wait()
-	if len(errs) > 0 {
-		return errs[0]
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// verifyValueLogs reads every finished value log (all but the newest)
+// record by record. Badger opens only the newest one and reads the others
+// when a value is asked for, so without this a damaged record in an older
+// file would surface as a failed read long after the store was served. A
+// log is synced before the next one is started, so a record that does not
+// read back there is damage, not a crash's torn tail (which only the
+// newest log can have, and which the cut check above handles).
+func verifyValueLogs(vlogs []string, newest string) error {
+	return forEach(vlogs, func(p string) error {
+		if p == newest {
+			return nil
+		}
+		valid, data, err := validLogEnd(p)
+		if err != nil {
+			return fmt.Errorf("value log %s unreadable: %v", filepath.Base(p), err)
+		}
+		if valid < data {
+			return fmt.Errorf("value log %s is damaged: its records stop reading back at byte %d of %d",
+				filepath.Base(p), valid, data)
+		}
+		return nil
+	})
 }
 
 func verifyTable(path string, tm badgerdb.TableManifest) (err error) {

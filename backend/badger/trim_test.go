@@ -45,11 +45,13 @@ func TestTrimTablesDropsWrittenPages(t *testing.T) {
 	}
 	dir := t.TempDir()
 	d := open(t, Options{Dir: dir})
-	const n, size = 12000, 2000 // 24 MB, more than a memtable; values stay in the tables
+	// 24 MB, more than a memtable; values under the value threshold stay
+	// in the tables.
+	const n, size = 240000, valueThreshold - 28
 	val := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, size) }
-	for i := 0; i < n; i += 500 {
+	for i := 0; i < n; i += 5000 {
 		var b backend.Batch
-		for j := i; j < i+500; j++ {
+		for j := i; j < i+5000; j++ {
 			b.Put(fmt.Appendf(nil, "key/%06d", j), val(j))
 		}
 		if err := d.Commit(&b); err != nil {
