@@ -170,6 +170,9 @@ func (s *Server) recover() error {
 		return fmt.Errorf("load state: %w", err)
 	}
 	s.idx = idx
+	if s.badgerDB != nil {
+		s.badgerDB.ReleaseMappedReads()
+	}
 	if s.usesWitness() {
 		// Only now, with every value of the store read once, is it known
 		// to be whole.

@@ -154,6 +154,7 @@ type DB struct {
 	afterWrite func(ts uint64)
 
 	stop   chan struct{}
+	run    chan func() // see inBackground
 	bgDone chan struct{}
 
 	dirMu     sync.Mutex
@@ -271,7 +272,9 @@ func Open(opts Options) (*DB, error) {
 	d.pins.init()
 	d.advanceDiscardTs()
 	d.trim.trimmed = make(map[uint64]bool)
+	d.trim.vlogs = make(map[uint64]bool)
 	d.stop = make(chan struct{})
+	d.run = make(chan func())
 	d.bgDone = make(chan struct{})
 	go d.background()
 	return d, nil
@@ -478,6 +481,20 @@ func (d *DB) Close() error {
 	return nil
 }
 
+// inBackground runs f on the background goroutine, which alone trims
+// mappings and runs value-log GC (see trimValueLogs), and waits for it. It
+// reports false when the store is closed.
+func (d *DB) inBackground(f func()) bool {
+	done := make(chan struct{})
+	select {
+	case d.run <- func() { defer close(done); f() }:
+		<-done
+		return true
+	case <-d.bgDone:
+		return false
+	}
+}
+
 func (d *DB) background() {
 	defer close(d.bgDone)
 	discard := time.NewTicker(discardInterval)
@@ -492,6 +509,8 @@ func (d *DB) background() {
 		select {
 		case <-d.stop:
 			return
+		case f := <-d.run:
+			f()
 		case <-discard.C:
 			d.advanceDiscardTs()
 			if err := d.syncDirIfChanged(); err != nil {
@@ -501,6 +520,11 @@ func (d *DB) background() {
 				d.log.Warn("dropping written table pages from memory", "err", err)
 			} else if n > 0 {
 				d.log.Debug("dropped written table pages from memory", "bytes", n)
+			}
+			if n, err := d.trimValueLogs(); err != nil {
+				d.log.Warn("dropping written value-log pages from memory", "err", err)
+			} else if n > 0 {
+				d.log.Debug("dropped written value-log pages from memory", "bytes", n)
 			}
 		case <-gc:
 			d.collectValueLog()
@@ -555,6 +579,13 @@ func (d *DB) advanceDiscardTs() uint64 {
 // repeats until Badger finds nothing worth rewriting.
 func (d *DB) collectValueLog() {
 	d.advanceDiscardTs()
+	before, err := valueLogIDs(d.dir)
+	if err != nil {
+		d.log.Warn("value log GC: listing the data dir", "err", err)
+		return
+	}
+	rewrites := 0
+	defer func() { d.trim.noteValueLogGC(rewrites, before) }()
 	for {
 		select {
 		case <-d.stop:
@@ -564,6 +595,7 @@ func (d *DB) collectValueLog() {
 		err := d.db.RunValueLogGC(gcDiscardRatio)
 		switch {
 		case err == nil:
+			rewrites++
 			continue
 		case errors.Is(err, badgerdb.ErrNoRewrite), errors.Is(err, badgerdb.ErrRejected):
 		default:

@@ -235,11 +235,11 @@ func TestValueLogGC(t *testing.T) {
 			}
 		}
 	}
-	d.collectValueLog()
+	inBackground(t, d, d.collectValueLog)
 	if err := d.db.Flatten(2); err != nil {
 		t.Fatal(err)
 	}
-	d.collectValueLog()
+	inBackground(t, d, d.collectValueLog)
 	for _, r := range h.records() {
 		t.Errorf("unexpected log: %s %s", r.Level, r.Message)
 	}
