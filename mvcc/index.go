@@ -228,6 +228,31 @@ func (x *Index) Range(start, end []byte, rev int64, max int) ([]Entry, int64) {
 	return out, count
 }
 
+// Size returns how many keys of [start, end) are alive at rev, up to max
+// (all when max < 0), and the bytes of those keys, without building
+// entries: what a read's memory is estimated from before it runs.
+func (x *Index) Size(start, end []byte, rev int64, max int) (n int, keyBytes int64) {
+	if len(end) == 0 {
+		x.mu.RLock()
+		defer x.mu.RUnlock()
+		if k, ok := x.tree.Get(&keyIndex{key: string(start)}); ok && max != 0 {
+			if _, ok := k.at(rev); ok {
+				return 1, int64(len(k.key))
+			}
+		}
+		return 0, 0
+	}
+	if max == 0 {
+		return 0, 0
+	}
+	x.walk(start, end, rev, func(e Entry) bool {
+		n++
+		keyBytes += int64(len(e.Key))
+		return max < 0 || n < max
+	})
+	return n, keyBytes
+}
+
 // Page returns up to max entries (max > 0) of the keys of [start, end)
 // alive at rev, in key order, and the key to pass as start for the next
 // page (nil when the range is exhausted). It does not count the range: a

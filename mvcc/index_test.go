@@ -165,6 +165,19 @@ func (h *harness) check(idx *mvcc.Index, what string) {
 			}
 			got = append(got, fmt.Sprintf("%s c=%d m=%d v=%d %s", e.Key, e.Create, e.Mod, e.Version, kv.Value))
 		}
+		// Size counts what Range returns, without building it.
+		for _, lim := range []int{-1, 0, 3} {
+			for _, r := range [][2]string{{"k", "l"}, {"k03", ""}, {"k02", "k07"}} {
+				es, _ := idx.Range([]byte(r[0]), []byte(r[1]), rev, lim)
+				var kb int64
+				for _, e := range es {
+					kb += int64(len(e.Key))
+				}
+				if n, b := idx.Size([]byte(r[0]), []byte(r[1]), rev, lim); n != len(es) || b != kb {
+					h.t.Fatalf("%s: Size(%q, %q, %d, %d) = %d keys, %d bytes; Range has %d, %d", what, r[0], r[1], rev, lim, n, b, len(es), kb)
+				}
+			}
+		}
 		// An empty range (end before start) holds nothing, as in etcd.
 		if es, n, _ := src.Entries([]byte("k05"), []byte("k02"), rev, -1); n != 0 || len(es) != 0 {
 			h.t.Fatalf("%s: range [k05, k02) at %d: %d entries, count %d", what, rev, len(es), n)

@@ -255,6 +255,13 @@ func (k *kvService) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse,
 	if err := k.tooLarge(r); err != nil {
 		return nil, err
 	}
+	// The writer reads a Txn's ranges and must never wait for the read
+	// budget, so the share is taken here, before, from the index.
+	h := k.s.reads.hold(ctx)
+	defer h.done()
+	if err := h.grow(k.s.reads.txnEstimate(k.s.idx, r)); err != nil {
+		return nil, err
+	}
 	resp, err := doWrite(ctx, k.s,
 		func(w *revision.Sequencer) (*pb.TxnResponse, error) { return w.Txn(ctx, r) },
 		func(ctx context.Context, c *grpc.ClientConn) (*pb.TxnResponse, error) {

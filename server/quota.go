@@ -66,19 +66,29 @@ func requestCost(method string, req any) int64 {
 }
 
 func txnHasPut(t *pb.TxnRequest) bool {
+	put := false
+	eachTxnOp(t, func(op *pb.RequestOp) bool {
+		_, put = op.Request.(*pb.RequestOp_RequestPut)
+		return !put
+	})
+	return put
+}
+
+// eachTxnOp calls fn for each operation of t, in both branches and in
+// nested transactions, until fn returns false; it reports whether it went
+// through all of them.
+func eachTxnOp(t *pb.TxnRequest, fn func(*pb.RequestOp) bool) bool {
 	for _, ops := range [][]*pb.RequestOp{t.Success, t.Failure} {
 		for _, op := range ops {
-			switch x := op.Request.(type) {
-			case *pb.RequestOp_RequestPut:
-				return true
-			case *pb.RequestOp_RequestTxn:
-				if x.RequestTxn != nil && txnHasPut(x.RequestTxn) {
-					return true
-				}
+			if !fn(op) {
+				return false
+			}
+			if x, ok := op.Request.(*pb.RequestOp_RequestTxn); ok && x.RequestTxn != nil && !eachTxnOp(x.RequestTxn, fn) {
+				return false
 			}
 		}
 	}
-	return false
+	return true
 }
 
 // quotaCheck is the unary interceptor enforcing the quota.

@@ -82,6 +82,39 @@ func (b *readBudget) estimate(es []mvcc.Entry, overhead int64) int64 {
 	return n
 }
 
+// txnEstimate is what the answers of t's range operations hold, from the
+// index at its newest revision: every range of both branches counts
+// (whichever runs, no more than that is held), twice, as decoded
+// key-values and their encoding.
+func (b *readBudget) txnEstimate(idx *mvcc.Index, t *pb.TxnRequest) int64 {
+	mean := b.meanValue.Load()
+	var (
+		rev   int64
+		total int64
+	)
+	eachTxnOp(t, func(op *pb.RequestOp) bool {
+		r := op.GetRequestRange()
+		if r == nil || r.CountOnly {
+			return true
+		}
+		if rev == 0 {
+			rev, _ = idx.Rev()
+		}
+		limit := int(r.Limit)
+		if limit <= 0 {
+			limit = -1
+		}
+		n, keyBytes := idx.Size(r.Key, r.RangeEnd, rev, limit)
+		per := int64(kvOverhead)
+		if !r.KeysOnly {
+			per += mean
+		}
+		total += 2 * (keyBytes + int64(n)*per)
+		return true
+	})
+	return total
+}
+
 // wireOverhead is what an answered key-value costs besides its key and
 // value bytes in a wire-form answer: its index entry and its fields' tags
 // and numbers.
@@ -165,13 +198,13 @@ func (h *readHold) release() {
 	h.held = 0
 }
 
-// holdUntilSent attaches a share to every unary Range and releases it once
+// holdUntilSent attaches a share to every unary Range and Txn and releases it once
 // gRPC has sent the answer (stats.End comes after the response is written),
 // so the budget covers the encoded answer too, not only the building.
 type holdUntilSent struct{}
 
 func (holdUntilSent) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	if info.FullMethodName != pb.KV_Range_FullMethodName {
+	if info.FullMethodName != pb.KV_Range_FullMethodName && info.FullMethodName != pb.KV_Txn_FullMethodName {
 		return ctx
 	}
 	return context.WithValue(ctx, readHoldKey{}, &readHold{})

@@ -57,9 +57,20 @@ func TestReadBudget(t *testing.T) {
 	if ee, ok := err.(rpctypes.EtcdError); !ok || ee.Code() != codes.ResourceExhausted || ee.Error() != "etcdserver: too many requests" {
 		t.Fatalf("LIST over the budget: %v, want ResourceExhausted: etcdserver: too many requests", err)
 	}
-	// A single-object read and a write fit.
+	// So does a Txn reading the whole range, in either branch: its share
+	// is taken before the writer runs it.
+	_, err = c.Txn(ctx).If(clientv3.Compare(clientv3.Version("/nothing"), ">", 0)).
+		Else(clientv3.OpGet("/big/", clientv3.WithPrefix())).Commit()
+	if ee, ok := err.(rpctypes.EtcdError); !ok || ee.Code() != codes.ResourceExhausted {
+		t.Fatalf("Txn reading over the budget: %v, want ResourceExhausted", err)
+	}
+	// A single-object read, in a Txn too, and a write fit.
 	if r, err := c.Get(ctx, "/big/00007"); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != val {
 		t.Fatalf("small read while the budget is taken: %v, %v", r, err)
+	}
+	tr, err := c.Txn(ctx).Then(clientv3.OpGet("/big/00008"), clientv3.OpGet("/big/", clientv3.WithPrefix(), clientv3.WithCountOnly())).Commit()
+	if err != nil || len(tr.Responses) != 2 || len(tr.Responses[0].GetResponseRange().Kvs) != 1 || tr.Responses[1].GetResponseRange().Count != n {
+		t.Fatalf("small Txn read while the budget is taken: %v, %v", tr, err)
 	}
 	if _, err := c.Put(ctx, "/big/x", "written meanwhile"); err != nil {
 		t.Fatalf("write while the budget is taken: %v", err)
@@ -68,8 +79,8 @@ func TestReadBudget(t *testing.T) {
 	if v := have["axon_read_bytes_in_flight"]; v > budget {
 		t.Errorf("reads hold %.0f bytes, over the budget of %d", v, budget)
 	}
-	if v := have["axon_reads_refused_total"]; v != 1 {
-		t.Errorf("axon_reads_refused_total = %v, want 1", v)
+	if v := have["axon_reads_refused_total"]; v != 2 {
+		t.Errorf("axon_reads_refused_total = %v, want 2 (the LIST and the Txn)", v)
 	}
 
 	// Reading the stream to its end frees its share.
