@@ -323,8 +323,12 @@ func (l leaseWriter) RevokeLease(ctx context.Context, id int64) (int64, error) {
 // requireLeader answers etcd's "no leader" to unary calls made with
 // clientv3.WithRequireLeader when no leader is known.
 func (s *Server) requireLeader(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(rpctypes.MetadataRequireLeaderKey); len(v) > 0 && v[0] == rpctypes.MetadataHasLeader && !s.hasLeader() {
+	// The leader is checked first: with one known (always, on one node)
+	// the call's metadata is not looked at, and when it is, only the one
+	// key is copied out, not the whole map (a twentieth of what a create
+	// allocated).
+	if !s.hasLeader() {
+		if v := metadata.ValueFromIncomingContext(ctx, rpctypes.MetadataRequireLeaderKey); len(v) > 0 && v[0] == rpctypes.MetadataHasLeader {
 			return nil, rpctypes.ErrGRPCNoLeader
 		}
 	}

@@ -100,12 +100,8 @@ func newWatchService(hub *watch.Hub, progressInterval time.Duration, logger *slo
 // them to the hub's stream, this one sends what the stream yields, in its
 // order. Like etcd, a client that half-closes keeps receiving events.
 func (ws *watchService) Watch(stream etcdserverpb.Watch_WatchServer) error {
-	requireLeader := false
-	if md, ok := metadata.FromIncomingContext(stream.Context()); ok {
-		if v := md.Get(rpctypes.MetadataRequireLeaderKey); len(v) > 0 && v[0] == rpctypes.MetadataHasLeader {
-			requireLeader = true
-		}
-	}
+	v := metadata.ValueFromIncomingContext(stream.Context(), rpctypes.MetadataRequireLeaderKey)
+	requireLeader := len(v) > 0 && v[0] == rpctypes.MetadataHasLeader
 	if requireLeader && !ws.hasLeader() {
 		return rpctypes.ErrGRPCNoLeader
 	}
