@@ -148,15 +148,7 @@ func TestDamagedFinishedValueLogRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	val := bytes.Repeat([]byte("v"), 1000)
-	for i := 0; i < 3000; i += 100 {
-		var b backend.Batch
-		for j := i; j < i+100; j++ {
-			b.Put(fmt.Appendf(nil, "key-%05d", j), val)
-		}
-		if err := d.Commit(&b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putKeys(t, d, 3000, 100, func(int) []byte { return val })
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +164,7 @@ func TestDamagedFinishedValueLogRefused(t *testing.T) {
 	}
 	snap, _ := d.Snapshot()
 	n := 0
-	if err := snap.Scan([]byte("key-"), []byte("key."), backend.ScanOptions{}, func(k, v []byte) error {
+	if err := snap.Scan([]byte("key/"), []byte("key0"), backend.ScanOptions{}, func(k, v []byte) error {
 		if !bytes.Equal(v, val) {
 			t.Fatalf("%s: value of %d bytes read back wrong", k, len(v))
 		}

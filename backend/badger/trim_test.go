@@ -55,15 +55,7 @@ func TestTrimTablesDropsWrittenPages(t *testing.T) {
 	// in the tables.
 	const n, size = 240000, valueThreshold - 28
 	val := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, size) }
-	for i := 0; i < n; i += 5000 {
-		var b backend.Batch
-		for j := i; j < i+5000; j++ {
-			b.Put(fmt.Appendf(nil, "key/%06d", j), val(j))
-		}
-		if err := d.Commit(&b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putKeys(t, d, n, 5000, val)
 	compactAll(t, d) // flushes every memtable and rewrites level 0: all built by copying into mappings
 
 	if _, err := trimOnce(t, d, d.trimTables); err != nil {
@@ -137,15 +129,7 @@ func TestTrimValueLogsDropsWrittenPages(t *testing.T) {
 	d := open(t, Options{Dir: dir})
 	const n, size = 6000, 1000 // 6 MB: several 1 MiB value logs
 	val := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, size) }
-	for i := 0; i < n; i += 500 {
-		var b backend.Batch
-		for j := i; j < i+500; j++ {
-			b.Put(fmt.Appendf(nil, "key/%06d", j), val(j))
-		}
-		if err := d.Commit(&b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putKeys(t, d, n, 500, val)
 	mappedBefore, residentBefore := residency(t, dir, ".vlog")
 	if residentBefore < n*size/2 {
 		t.Fatalf("only %d of %d written value-log bytes resident before trimming: nothing to test", residentBefore, n*size)
@@ -200,4 +184,19 @@ func trimOnce(t *testing.T, d *DB, trim func() (int64, error)) (n int64, err err
 	t.Helper()
 	inBackground(t, d, func() { n, err = trim() })
 	return n, err
+}
+
+// putKeys commits key/000000 ... key/<n-1> holding val(i), per Commit of
+// batch keys.
+func putKeys(t *testing.T, d *DB, n, batch int, val func(int) []byte) {
+	t.Helper()
+	for i := 0; i < n; i += batch {
+		var b backend.Batch
+		for j := i; j < min(i+batch, n); j++ {
+			b.Put(fmt.Appendf(nil, "key/%06d", j), val(j))
+		}
+		if err := d.Commit(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
