@@ -80,6 +80,37 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
+// manyKeys returns n keys, all starting with "k" (the range check reads),
+// of the shapes that exercise the index's leaves: Kubernetes-like keys
+// sharing long prefixes, short keys, keys that are prefixes of others,
+// and keys long enough that a leaf splits on bytes before it has
+// leafMax keys.
+func manyKeys(n int, r *rand.Rand) []string {
+	seen := map[string]bool{}
+	var keys []string
+	for len(keys) < n {
+		var k string
+		switch r.Intn(5) {
+		case 0:
+			k = fmt.Sprintf("k/registry/pods/ns-%d/web-%x", r.Intn(4), r.Intn(1<<20))
+		case 1:
+			k = fmt.Sprintf("k%d", r.Intn(5000))
+		case 2:
+			k = fmt.Sprintf("k/registry/pods/ns-%d", r.Intn(4)) // a prefix of case 0's
+		case 3:
+			k = fmt.Sprintf("k/long/%d/%s", r.Intn(100), strings.Repeat("x", 200+r.Intn(400)))
+		default:
+			k = fmt.Sprintf("k/registry/configmaps/%s", strings.Repeat("a", r.Intn(8)))
+		}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 type op struct {
 	key string
 	del bool
@@ -256,6 +287,72 @@ func TestIndexMatchesModel(t *testing.T) {
 	}
 }
 
+// With hundreds of keys the index's leaves split (on key count and on
+// bytes), shrink and merge as keys are created, deleted and compacted
+// away; through all of it the index answers like the model.
+func TestIndexLeavesMatchModel(t *testing.T) {
+	for seed := int64(1); seed <= 3; seed++ {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			h := newHarness(t)
+			r := rand.New(rand.NewSource(seed))
+			h.keys = manyKeys(700, r)
+			for step := 0; step < 160; step++ {
+				var ops []op
+				switch x := r.Intn(10); {
+				case x < 3:
+					ops = []op{{key: h.keys[r.Intn(len(h.keys))], del: r.Intn(3) == 0}}
+				case x < 5: // delete and create again, or create and delete
+					k := h.keys[r.Intn(len(h.keys))]
+					first := r.Intn(2) == 0
+					ops = []op{{key: k, del: first}, {key: k, del: !first}}
+				default: // a run of neighbouring keys in one revision, mostly
+					// created early on and mostly deleted later, so leaves fill
+					// up and then empty out
+					i, n := r.Intn(len(h.keys)), 1+r.Intn(150)
+					del := r.Intn(160) < step
+					for _, k := range h.keys[i:min(i+n, len(h.keys))] {
+						ops = append(ops, op{key: k, del: del != (r.Intn(8) == 0)})
+					}
+				}
+				h.revision(ops, 1+r.Intn(40))
+				if r.Intn(12) == 0 && h.rev > h.comp {
+					h.compact(h.comp + 1 + r.Int63n(h.rev-h.comp))
+				}
+				if step%40 == 39 {
+					h.check(h.idx, "live index")
+				}
+			}
+			rebuilt, err := mvcc.LoadIndex(h.be)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rebuilt.SetCompacted(h.comp)
+			h.check(rebuilt, "rebuilt index")
+			if rebuilt.Live() != h.idx.Live() || rebuilt.Len() != h.idx.Len() {
+				t.Fatalf("rebuilt: %d live of %d keys; live index: %d of %d", rebuilt.Live(), rebuilt.Len(), h.idx.Live(), h.idx.Len())
+			}
+			h.compact(h.rev)
+			h.check(h.idx, "after full compaction")
+			if int64(h.idx.Len()) != h.idx.Live() {
+				t.Fatalf("after full compaction the index holds %d keys, %d of them alive", h.idx.Len(), h.idx.Live())
+			}
+			// Deleting everything and compacting leaves an empty index that
+			// takes keys again.
+			var all []op
+			for _, k := range h.keys {
+				all = append(all, op{key: k, del: true})
+			}
+			h.revision(all, 50)
+			h.compact(h.rev)
+			if h.idx.Len() != 0 || h.idx.Live() != 0 {
+				t.Fatalf("after deleting and compacting everything: %d keys, %d alive", h.idx.Len(), h.idx.Live())
+			}
+			h.revision([]op{{key: h.keys[len(h.keys)/2]}, {key: h.keys[0]}}, 1)
+			h.check(h.idx, "emptied and written again")
+		})
+	}
+}
+
 // A revision written in several batches and never committed is invisible
 // and rolled back at open.
 func TestUnfinishedRevisionRolledBack(t *testing.T) {
@@ -333,28 +430,52 @@ func TestFormatRefused(t *testing.T) {
 }
 
 // BenchmarkIndexMemory reports the index's bytes per key for 1,000,000
-// 70-byte keys created once (the memory target's shape).
+// 70-byte keys created once (the memory target's shape), for three key
+// shapes: axon bench's (objects spread over 100 namespaces, zero-padded
+// names), names padded with spaces, and names of random hex digits (the
+// least a leaf's shared prefixes save).
 func BenchmarkIndexMemory(b *testing.B) {
 	const n = 1_000_000
-	for range b.N {
-		runtime.GC()
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		idx := mvcc.NewIndex(1, 0)
-		recs := make([]*axonpb.RevisionRecord, 0, 1000)
-		for i := range n {
-			key := fmt.Sprintf("/registry/configmaps/benchmark-namespace/object-%-30d", i)[:70]
-			rev := int64(i + 2)
-			recs = append(recs, &axonpb.RevisionRecord{Revision: rev, Changes: []*axonpb.Change{{Key: []byte(key), Kv: &axonpb.KeyValue{ModRevision: rev}}}})
-			if len(recs) == cap(recs) {
-				idx.Apply(rev, recs...)
-				recs = recs[:0]
+	r := rand.New(rand.NewSource(1))
+	shapes := []struct {
+		name string
+		key  func(i int) string
+	}{
+		{"bench", func(i int) string {
+			return fmt.Sprintf("/registry/configmaps/ns-%04d/obj-%042d", i%100, i)
+		}},
+		{"padded", func(i int) string {
+			return fmt.Sprintf("/registry/configmaps/benchmark-namespace/object-%-30d", i)[:70]
+		}},
+		{"random", func(int) string {
+			return fmt.Sprintf("/registry/pods/ns-%02d/%016x%016x%016x%016x", r.Intn(50), r.Uint64(), r.Uint64(), r.Uint64(), r.Uint64())[:70]
+		}},
+	}
+	for _, shape := range shapes {
+		b.Run(shape.name, func(b *testing.B) {
+			for range b.N {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				idx := mvcc.NewIndex(1, 0)
+				recs := make([]*axonpb.RevisionRecord, 0, 1000)
+				for i := range n {
+					key := shape.key(i)
+					rev := int64(i + 2)
+					recs = append(recs, &axonpb.RevisionRecord{Revision: rev, Changes: []*axonpb.Change{{Key: []byte(key), Kv: &axonpb.KeyValue{ModRevision: rev}}}})
+					if len(recs) == cap(recs) {
+						idx.Apply(rev, recs...)
+						recs = recs[:0]
+					}
+				}
+				recs = nil
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+				b.ReportMetric(float64(idx.MemoryBytes())/n, "estimated-bytes/key")
+				runtime.KeepAlive(idx)
 			}
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
-		runtime.KeepAlive(idx)
+		})
 	}
 }
 

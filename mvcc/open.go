@@ -158,21 +158,21 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 	}
 	x := NewIndex(cur, comp)
 	var (
-		k      *keyIndex
+		k      keyIndex
+		have   bool
+		keyBuf []byte
 		prefix []byte
+		load   = loader{x: x}
 	)
 	finish := func() {
-		if k == nil {
+		if !have {
 			return
 		}
-		if k.last != 0 && !k.tomb {
-			x.live++
-		} else {
+		if deadAtTip(&k) {
 			k.lease = 0
 		}
-		x.tree.ReplaceOrInsert(k)
-		x.keyBytes += int64(len(k.key))
-		k = nil
+		load.add(&k)
+		have = false
 	}
 	start := time.Now()
 	err = snap.Scan([]byte{prefixHistory}, []byte{prefixHistory + 1}, backend.ScanOptions{}, func(bk, v []byte) error {
@@ -184,10 +184,11 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 			return nil // an unfinished revision: not committed
 		}
 		p := bk[:len(bk)-8]
-		if k == nil || !bytes.Equal(p, prefix) {
+		if !have || !bytes.Equal(p, prefix) {
 			finish()
 			prefix = append(prefix[:0], p...)
-			k = &keyIndex{key: string(userKeyOfHistoryPrefix(p))}
+			keyBuf = append(keyBuf[:0], userKeyOfHistoryPrefix(p)...)
+			k, have = keyIndex{key: str(keyBuf)}, true
 		}
 		kv, err := decodeMeta(v)
 		if err != nil {
@@ -200,6 +201,7 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 		return nil, err
 	}
 	finish()
+	load.flush()
 	_ = start
 	return x, nil
 }
