@@ -112,10 +112,14 @@ type generation struct {
 //	uvarint last
 //	varint  last-created, varint ver
 //	uvarint lease
-//	with entryRest: the earlier revisions (uvarint count, varint deltas),
-//	uvarint count of older generations, each a tomb byte, varint created,
-//	varint ver and its revisions.
+//	with entryRest: uvarint count of the earlier revisions, uvarint n and
+//	n bytes: the earlier revisions (uvarint count, varint deltas), uvarint
+//	count of older generations, each a tomb byte, varint created, varint
+//	ver and its revisions.
 //
+// The rest is sized so that a walk or a lookup passing a key with a long
+// history skips it; a read at or after the key's newest revision needs
+// only the count.
 // A leaf's first entry shares nothing, so a leaf decodes on its own.
 const (
 	entryTomb = 1 << iota
@@ -149,6 +153,12 @@ func appendBody(dst []byte, k *keyIndex) []byte {
 	if !rest {
 		return dst
 	}
+	dst = binary.AppendUvarint(dst, uint64(len(k.rest.revs)))
+	// The rest's size comes before it: encode it after a gap of the most
+	// bytes the size can take, then close the gap.
+	at := len(dst)
+	dst = append(dst, make([]byte, binary.MaxVarintLen64)...)
+	from := len(dst)
 	dst = appendRevs(dst, k.rest.revs)
 	dst = binary.AppendUvarint(dst, uint64(len(k.rest.old)))
 	for _, g := range k.rest.old {
@@ -161,7 +171,10 @@ func appendBody(dst []byte, k *keyIndex) []byte {
 		dst = binary.AppendVarint(dst, g.ver)
 		dst = appendRevs(dst, g.revs)
 	}
-	return dst
+	n := len(dst) - from
+	size := binary.PutUvarint(dst[at:], uint64(n))
+	copy(dst[at+size:], dst[from:])
+	return dst[:at+size+n]
 }
 
 func appendRevs(dst []byte, revs []int64) []byte {
@@ -187,7 +200,7 @@ func sharedPrefix(a, b string) int {
 func str(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // cursor decodes a leaf's entries in order. k, and k.key in particular,
-// are valid until the next call.
+// are valid until the next call. k.rest is decoded only by full.
 type cursor struct {
 	lf         *leaf
 	off        int  // the next entry
@@ -196,6 +209,8 @@ type cursor struct {
 	body       int  // where its key ends
 	key, prev  []byte
 	k          keyIndex
+	earlier    int     // len(k.earlier()), known before full
+	restAt     int     // where the entry's rest starts (0: it has none)
 	rest       keyRest // what k.rest points to, reused
 }
 
@@ -240,9 +255,24 @@ func (c *cursor) decodeBody(p int) int {
 	lease, n := binary.Uvarint(d[p:])
 	p += n
 	c.k = keyIndex{key: str(c.key), last: int64(last), created: int64(last) - dc, ver: ver, lease: int64(lease), tomb: flags&entryTomb != 0}
+	c.earlier, c.restAt = 0, 0
 	if flags&entryRest == 0 {
 		return p
 	}
+	earlier, n := binary.Uvarint(d[p:])
+	p += n
+	size, n := binary.Uvarint(d[p:])
+	p += n
+	c.earlier, c.restAt = int(earlier), p
+	return p + int(size)
+}
+
+// full decodes the entry's earlier revisions and older generations.
+func (c *cursor) full() {
+	if c.restAt == 0 || c.k.rest != nil {
+		return
+	}
+	d, p, n := c.lf.data, c.restAt, 0
 	r := &c.rest
 	r.revs, p = readRevs(d, p, r.revs[:0])
 	nOld, n := binary.Uvarint(d[p:])
@@ -264,7 +294,20 @@ func (c *cursor) decodeBody(p int) int {
 	}
 	r.old = old
 	c.k.rest = r
-	return p
+}
+
+// state is k.at(rev) for the entry c is on, decoding its history only when
+// rev is before its newest revision.
+func (c *cursor) state(rev int64) (Entry, bool) {
+	k := &c.k
+	if k.last != 0 && rev >= k.last {
+		if k.tomb {
+			return Entry{}, false
+		}
+		return Entry{Key: k.key, Mod: k.last, Create: k.created, Version: k.ver + int64(c.earlier)}, true
+	}
+	c.full()
+	return k.at(rev)
 }
 
 func readRevs(d []byte, p int, dst []int64) ([]int64, int) {
@@ -367,7 +410,7 @@ func (x *Index) Get(key []byte, rev int64) (Entry, bool) {
 		x.mu.RUnlock()
 		return Entry{}, false
 	}
-	e, ok := c.k.at(rev)
+	e, ok := c.state(rev)
 	x.mu.RUnlock()
 	if !ok {
 		return Entry{}, false
@@ -503,7 +546,7 @@ func (x *Index) walk(start, end []byte, rev int64, fn func(Entry) bool) {
 				return false
 			}
 			n++
-			if e, ok := c.k.at(rev); ok && !fn(e) {
+			if e, ok := c.state(rev); ok && !fn(e) {
 				return false // done stays true
 			}
 			// From the key after this one, should the next stop the batch.
@@ -538,6 +581,7 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 	ref := x.leafFor(key)
 	c := &x.wc
 	found := c.seek(ref.lf, key)
+	c.full()
 	if ch.Delete {
 		if !found || deadAtTip(&c.k) {
 			return // nothing to delete (cannot happen for a committed record)
@@ -778,6 +822,7 @@ func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn fun
 		more bool
 	)
 	x.ascend(c, after, func(c *cursor) bool {
+		c.full()
 		k := &c.k
 		if !first && k.key == after {
 			return true
@@ -816,7 +861,10 @@ func (x *Index) Trim(rev int64, keys [][]byte) {
 	c := &x.wc
 	for _, key := range keys {
 		ref := x.leafFor(str(key))
-		if !c.seek(ref.lf, str(key)) || !c.k.compactable(rev) {
+		if !c.seek(ref.lf, str(key)) {
+			continue
+		}
+		if c.full(); !c.k.compactable(rev) {
 			continue
 		}
 		k := c.k
