@@ -38,6 +38,9 @@ type Index struct {
 	keys      int   // keys held, alive or with history
 	dataBytes int64 // capacity of the leaves' byte slices
 	lowBytes  int64 // bytes of the leaves' lower bounds
+	// The histories of keys with many revisions or generations since the
+	// compacted revision, out of line (see restInline).
+	hist map[string]*keyRest
 
 	// The writer's (Apply, Trim: the write lock is held) cursor and
 	// encoding buffers.
@@ -74,6 +77,13 @@ const (
 )
 
 func lessLeaf(a, b leafRef) bool { return a.low < b.low }
+
+// restInline is the most earlier revisions and older generations a key's
+// entry holds in its leaf. A longer history lives in Index.hist, where a
+// new revision is appended in place: re-encoding it in the leaf on every
+// change would cost a hot key (one updated thousands of times between
+// compactions) time in proportion to its history on every write.
+var restInline = struct{ revs, gens int }{16, 2}
 
 type keyIndex struct {
 	key string
@@ -115,7 +125,8 @@ type generation struct {
 //	with entryRest: uvarint count of the earlier revisions, uvarint n and
 //	n bytes: the earlier revisions (uvarint count, varint deltas), uvarint
 //	count of older generations, each a tomb byte, varint created, varint
-//	ver and its revisions.
+//	ver and its revisions; with entryOut only the count (the history is in
+//	Index.hist).
 //
 // The rest is sized so that a walk or a lookup passing a key with a long
 // history skips it; a read at or after the key's newest revision needs
@@ -124,6 +135,7 @@ type generation struct {
 const (
 	entryTomb = 1 << iota
 	entryRest
+	entryOut
 )
 
 func appendHeader(dst []byte, shared int, key string) []byte {
@@ -132,17 +144,25 @@ func appendHeader(dst []byte, shared int, key string) []byte {
 	return append(dst, key[shared:]...)
 }
 
-func appendEntry(dst []byte, shared int, k *keyIndex) []byte {
-	return appendBody(appendHeader(dst, shared, k.key), k)
+// appendEntry encodes k, its history out of line when out.
+func appendEntry(dst []byte, shared int, k *keyIndex, out bool) []byte {
+	return appendBody(appendHeader(dst, shared, k.key), k, out)
 }
 
-func appendBody(dst []byte, k *keyIndex) []byte {
+func hasRest(k *keyIndex) bool {
+	return k.rest != nil && (len(k.rest.revs) > 0 || len(k.rest.old) > 0)
+}
+
+func appendBody(dst []byte, k *keyIndex, out bool) []byte {
 	var flags byte
 	if k.tomb {
 		flags |= entryTomb
 	}
-	rest := k.rest != nil && (len(k.rest.revs) > 0 || len(k.rest.old) > 0)
-	if rest {
+	rest := hasRest(k)
+	switch {
+	case rest && out:
+		flags |= entryOut
+	case rest:
 		flags |= entryRest
 	}
 	dst = append(dst, flags)
@@ -154,6 +174,9 @@ func appendBody(dst []byte, k *keyIndex) []byte {
 		return dst
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(k.rest.revs)))
+	if out {
+		return dst
+	}
 	// The rest's size comes before it: encode it after a gap of the most
 	// bytes the size can take, then close the gap.
 	at := len(dst)
@@ -210,8 +233,9 @@ type cursor struct {
 	key, prev  []byte
 	k          keyIndex
 	earlier    int     // len(k.earlier()), known before full
-	restAt     int     // where the entry's rest starts (0: it has none)
-	rest       keyRest // what k.rest points to, reused
+	restAt     int     // where the entry's rest starts (0: it has none, -1: out of line)
+	rest       keyRest // what k.rest points to when in line, reused
+	hist       map[string]*keyRest
 }
 
 func (c *cursor) reset(lf *leaf) {
@@ -256,11 +280,15 @@ func (c *cursor) decodeBody(p int) int {
 	p += n
 	c.k = keyIndex{key: str(c.key), last: int64(last), created: int64(last) - dc, ver: ver, lease: int64(lease), tomb: flags&entryTomb != 0}
 	c.earlier, c.restAt = 0, 0
-	if flags&entryRest == 0 {
+	if flags&(entryRest|entryOut) == 0 {
 		return p
 	}
 	earlier, n := binary.Uvarint(d[p:])
 	p += n
+	if flags&entryOut != 0 {
+		c.earlier, c.restAt = int(earlier), -1
+		return p
+	}
 	size, n := binary.Uvarint(d[p:])
 	p += n
 	c.earlier, c.restAt = int(earlier), p
@@ -270,6 +298,10 @@ func (c *cursor) decodeBody(p int) int {
 // full decodes the entry's earlier revisions and older generations.
 func (c *cursor) full() {
 	if c.restAt == 0 || c.k.rest != nil {
+		return
+	}
+	if c.restAt < 0 {
+		c.k.rest = c.hist[str(c.key)]
 		return
 	}
 	d, p, n := c.lf.data, c.restAt, 0
@@ -350,7 +382,8 @@ type Entry struct {
 
 // NewIndex returns an empty index at revision rev.
 func NewIndex(rev, compacted int64) *Index {
-	x := &Index{leaves: btree.NewG(32, lessLeaf), rev: rev, compacted: compacted}
+	x := &Index{leaves: btree.NewG(32, lessLeaf), rev: rev, compacted: compacted, hist: map[string]*keyRest{}}
+	x.wc.hist = x.hist
 	x.leaves.ReplaceOrInsert(leafRef{lf: &leaf{}})
 	return x
 }
@@ -405,6 +438,7 @@ func (x *Index) ascend(c *cursor, from string, fn func(c *cursor) bool) {
 func (x *Index) Get(key []byte, rev int64) (Entry, bool) {
 	c := cursors.Get().(*cursor)
 	defer cursors.Put(c)
+	c.hist = x.hist
 	x.mu.RLock()
 	if !c.seek(x.leafFor(str(key)).lf, str(key)) {
 		x.mu.RUnlock()
@@ -533,6 +567,7 @@ func (x *Index) walk(start, end []byte, rev int64, fn func(Entry) bool) {
 	}
 	c := cursors.Get().(*cursor)
 	defer cursors.Put(c)
+	c.hist = x.hist
 	from := append([]byte(nil), start...)
 	for {
 		n, done := 0, true
@@ -616,7 +651,7 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 
 // replace re-encodes the entry c is on (k has its key).
 func (x *Index) replace(lf *leaf, c *cursor, k *keyIndex) {
-	x.scratch = appendEntry(x.scratch[:0], sharedPrefix(str(c.prev), k.key), k)
+	x.scratch = appendEntry(x.scratch[:0], sharedPrefix(str(c.prev), k.key), k, x.placeRest(k, false))
 	x.splice(lf, c.start, c.end, x.scratch)
 }
 
@@ -624,7 +659,7 @@ func (x *Index) replace(lf *leaf, c *cursor, k *keyIndex) {
 // when it is full.
 func (x *Index) insert(ref leafRef, c *cursor, k *keyIndex) {
 	lf := ref.lf
-	x.scratch = appendEntry(x.scratch[:0], sharedPrefix(str(c.prev), k.key), k)
+	x.scratch = appendEntry(x.scratch[:0], sharedPrefix(str(c.prev), k.key), k, x.placeRest(k, false))
 	end := c.start
 	if c.at { // the key after it is now encoded against it
 		x.scratch = appendHeader(x.scratch, sharedPrefix(k.key, str(c.key)), str(c.key))
@@ -638,10 +673,44 @@ func (x *Index) insert(ref leafRef, c *cursor, k *keyIndex) {
 	}
 }
 
+// placeRest decides where k's history is kept as k is written to its
+// leaf, keeps Index.hist in step, and reports whether it is out of line.
+// k.key may be transient. A history that goes out of line is copied (it
+// may be the cursor's reused buffers; it is short then) unless owned:
+// from then on the one in hist is changed in place.
+func (x *Index) placeRest(k *keyIndex, owned bool) bool {
+	cur, was := x.hist[k.key]
+	if !hasRest(k) || (len(k.rest.revs) <= restInline.revs && len(k.rest.old) <= restInline.gens) {
+		if was {
+			delete(x.hist, k.key)
+		}
+		return false
+	}
+	switch {
+	case was && cur != k.rest:
+		// Derived from the history held out of line (or new slices), not
+		// from a cursor's buffers: take it over.
+		*cur = *k.rest
+	case !was && owned:
+		x.hist[strings.Clone(k.key)] = k.rest
+	case !was:
+		r := &keyRest{revs: slices.Clone(k.rest.revs), old: make([]generation, len(k.rest.old))}
+		for i, g := range k.rest.old {
+			g.revs = slices.Clone(g.revs)
+			r.old[i] = g
+		}
+		x.hist[strings.Clone(k.key)] = r
+	}
+	return true
+}
+
 // remove drops the entry c is on and merges the leaf into the one before
 // it, or the next into it, when they are small.
 func (x *Index) remove(ref leafRef, c *cursor) {
 	lf := ref.lf
+	if c.restAt < 0 {
+		delete(x.hist, str(c.key))
+	}
 	start := c.start
 	x.tmp = append(x.tmp[:0], c.prev...)
 	x.scratch = x.scratch[:0]
@@ -757,7 +826,7 @@ func (l *loader) add(k *keyIndex) {
 		x.leaves.ReplaceOrInsert(leafRef{low: low, lf: l.lf})
 		l.prev = l.prev[:0]
 	}
-	l.buf = appendEntry(l.buf, sharedPrefix(str(l.prev), k.key), k)
+	l.buf = appendEntry(l.buf, sharedPrefix(str(l.prev), k.key), k, x.placeRest(k, true))
 	l.prev = append(l.prev[:0], k.key...)
 	l.lf.n++
 	x.keys++
@@ -814,6 +883,7 @@ type Compacted struct {
 func (x *Index) CompactStep(rev int64, after string, first bool, max int, fn func(Compacted)) (string, bool) {
 	c := cursors.Get().(*cursor)
 	defer cursors.Put(c)
+	c.hist = x.hist
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	var (

@@ -231,10 +231,22 @@ func (h *harness) check(idx *mvcc.Index, what string) {
 	}
 }
 
+// historyModes runs a test with keys' histories kept in their leaves up to
+// the default length, and with every history out of line.
+func historyModes(t *testing.T, run func(t *testing.T)) {
+	t.Run("histories=default", run)
+	t.Run("histories=out-of-line", func(t *testing.T) {
+		defer mvcc.SetRestInline(0, 0)()
+		run(t)
+	})
+}
+
 // The index answers like the model at every revision above the compacted
 // one, through deletions and re-creations within one revision, partial
 // batches, compactions, and a rebuild from the store.
-func TestIndexMatchesModel(t *testing.T) {
+func TestIndexMatchesModel(t *testing.T) { historyModes(t, testIndexMatchesModel) }
+
+func testIndexMatchesModel(t *testing.T) {
 	for seed := int64(1); seed <= 5; seed++ {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			h := newHarness(t)
@@ -290,7 +302,9 @@ func TestIndexMatchesModel(t *testing.T) {
 // With hundreds of keys the index's leaves split (on key count and on
 // bytes), shrink and merge as keys are created, deleted and compacted
 // away; through all of it the index answers like the model.
-func TestIndexLeavesMatchModel(t *testing.T) {
+func TestIndexLeavesMatchModel(t *testing.T) { historyModes(t, testIndexLeavesMatchModel) }
+
+func testIndexLeavesMatchModel(t *testing.T) {
 	for seed := int64(1); seed <= 3; seed++ {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			h := newHarness(t)
@@ -476,6 +490,28 @@ func BenchmarkIndexMemory(b *testing.B) {
 				runtime.KeepAlive(idx)
 			}
 		})
+	}
+}
+
+// BenchmarkIndexHotKey updates one key b.N times without a compaction: the
+// time per update must not grow with the key's history (its revisions
+// are appended out of line, not re-encoded in its leaf), nor a lookup's.
+func BenchmarkIndexHotKey(b *testing.B) {
+	idx := mvcc.NewIndex(1, 0)
+	for i := range 1000 { // neighbours in the hot key's leaf
+		idx.Apply(int64(i+2), &axonpb.RevisionRecord{Revision: int64(i + 2), Changes: []*axonpb.Change{{Key: []byte(fmt.Sprintf("/registry/leases/kube-system/holder-%04d", i)), Kv: &axonpb.KeyValue{}}}})
+	}
+	hot := []byte("/registry/leases/kube-system/holder-0500")
+	rev := int64(2000)
+	rec := &axonpb.RevisionRecord{Changes: []*axonpb.Change{{Key: hot, Kv: &axonpb.KeyValue{}}}}
+	b.ResetTimer()
+	for range b.N {
+		rev++
+		rec.Revision = rev
+		idx.Apply(rev, rec)
+		if _, ok := idx.Get(hot, rev); !ok {
+			b.Fatal("the hot key is missing")
+		}
 	}
 }
 

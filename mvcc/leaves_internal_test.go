@@ -20,6 +20,7 @@ func checkLeaves(t *testing.T, x *Index, want []string) {
 	var (
 		refs  []leafRef
 		got   []string
+		out   int
 		bytes int64
 		lows  int64
 	)
@@ -36,6 +37,12 @@ func checkLeaves(t *testing.T, x *Index, want []string) {
 		n := 0
 		for c.next() {
 			k := string(c.key)
+			if _, ok := x.hist[k]; ok != (c.restAt < 0) {
+				t.Fatalf("%q: history out of line %v, in Index.hist %v", k, c.restAt < 0, ok)
+			}
+			if c.restAt < 0 {
+				out++
+			}
 			if k < r.low || (i+1 < len(refs) && k >= refs[i+1].low) {
 				t.Fatalf("leaf %d [%q, next): holds %q", i, r.low, k)
 			}
@@ -54,6 +61,9 @@ func checkLeaves(t *testing.T, x *Index, want []string) {
 	if bytes != x.dataBytes || lows != x.lowBytes || len(got) != x.keys {
 		t.Fatalf("accounting: %d bytes, %d low bytes, %d keys; decoded %d, %d, %d", x.dataBytes, x.lowBytes, x.keys, bytes, lows, len(got))
 	}
+	if out != len(x.hist) {
+		t.Fatalf("%d entries have their history out of line, Index.hist holds %d", out, len(x.hist))
+	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("the index holds %d keys, want %d", len(got), len(want))
 	}
@@ -63,6 +73,14 @@ func checkLeaves(t *testing.T, x *Index, want []string) {
 // fill and split), clustered deletions compacted away (leaves empty, merge
 // and are dropped next to full ones), and a rebuild by the loader.
 func TestLeafInvariants(t *testing.T) {
+	t.Run("histories=default", testLeafInvariants)
+	t.Run("histories=out-of-line", func(t *testing.T) {
+		defer SetRestInline(0, 0)()
+		testLeafInvariants(t)
+	})
+}
+
+func testLeafInvariants(t *testing.T) {
 	for seed := int64(1); seed <= 4; seed++ {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			r := rand.New(rand.NewSource(seed))
