@@ -23,16 +23,24 @@ import (
 // and keeps it until its answer has been sent; a read that does not fit
 // waits its turn (first come, first served), and past --read-wait-timeout
 // fails with etcd's "too many requests" (ResourceExhausted), which clients
-// retry. A read bigger than the whole budget runs alone.
+// retry. A read bigger than the big lane (seven eighths of the budget) runs
+// alone in it.
 //
 // Shares are estimated from the index before values are read: the keys'
 // lengths are known and values count at the running mean of the values
 // read so far. An answer built in wire form (rawrange.go) counts once; one
 // built as decoded key-values counts twice (the answer and its encoding).
+//
+// Small reads have a lane of their own (an eighth of the budget): the
+// queue is first come, first served, so in one queue a LIST waiting for
+// room held up every single-object read and every CAS update (a Txn
+// whose Else reads one key) that came after it, for as long as LISTs kept
+// the budget full. A read starts in the small lane and moves to the big
+// one, with what it holds, once it grows past smallRead.
 type readBudget struct {
-	sem  *semaphore.Weighted
-	size int64
-	wait time.Duration
+	small, big readLane
+	smallRead  int64
+	wait       time.Duration
 
 	meanValue atomic.Int64 // bytes, running mean of values read
 
@@ -45,11 +53,22 @@ type readBudget struct {
 // bytes: the decoded message and its share of the encoding.
 const kvOverhead = 96
 
+// readLane is one queue of the budget.
+type readLane struct {
+	sem  *semaphore.Weighted
+	size int64
+}
+
+func newReadLane(size int64) readLane {
+	return readLane{sem: semaphore.NewWeighted(size), size: size}
+}
+
 func newReadBudget(size int64, wait time.Duration, reg prometheus.Registerer) *readBudget {
 	b := &readBudget{
-		sem:  semaphore.NewWeighted(size),
-		size: size,
-		wait: wait,
+		small:     newReadLane(size / 8),
+		big:       newReadLane(size - size/8),
+		smallRead: size / 64,
+		wait:      wait,
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "axon_read_bytes_in_flight",
 			Help: "Memory held by read answers being built or sent, as estimated against --max-read-bytes-in-flight.",
@@ -137,6 +156,7 @@ type readHold struct {
 	b    *readBudget
 	ctx  context.Context
 	held int64
+	big  bool // held in the big lane
 	// untilSent: the stats handler attached it and releases it once the
 	// answer is sent.
 	untilSent bool
@@ -162,29 +182,60 @@ func (h *readHold) done() {
 	}
 }
 
-// grow takes n more bytes (in total no more than the whole budget),
-// waiting for room.
+// grow takes n more bytes (in total no more than the big lane), waiting
+// for room.
 func (h *readHold) grow(n int64) error {
-	n = min(n, h.b.size-h.held)
 	if n <= 0 {
 		return nil
 	}
-	if !h.b.sem.TryAcquire(n) {
-		h.b.waiting.Inc()
-		ctx, cancel := context.WithTimeout(h.ctx, h.b.wait)
-		err := h.b.sem.Acquire(ctx, n)
-		cancel()
-		h.b.waiting.Dec()
-		if err != nil {
-			if h.ctx.Err() != nil {
-				return status.FromContextError(h.ctx.Err()).Err()
-			}
-			h.b.refused.Inc()
-			return rpctypes.ErrGRPCRequestTooManyRequests
+	b := h.b
+	switch {
+	case !h.big && h.held+n <= b.smallRead:
+		if err := h.acquire(&b.small, n); err != nil {
+			return err
+		}
+	case !h.big:
+		// To the big lane with what it holds: the small one is given
+		// back only once the big one has room for all of it.
+		total := min(h.held+n, b.big.size)
+		if err := h.acquire(&b.big, total); err != nil {
+			return err
+		}
+		b.small.sem.Release(h.held)
+		b.inFlight.Add(float64(total - h.held))
+		h.held, h.big = total, true
+		return nil
+	default:
+		if n = min(n, b.big.size-h.held); n <= 0 {
+			return nil
+		}
+		if err := h.acquire(&b.big, n); err != nil {
+			return err
 		}
 	}
 	h.held += n
-	h.b.inFlight.Add(float64(n))
+	b.inFlight.Add(float64(n))
+	return nil
+}
+
+// acquire takes n bytes of lane, waiting for room up to the budget's wait.
+func (h *readHold) acquire(lane *readLane, n int64) error {
+	if lane.sem.TryAcquire(n) {
+		return nil
+	}
+	b := h.b
+	b.waiting.Inc()
+	ctx, cancel := context.WithTimeout(h.ctx, b.wait)
+	err := lane.sem.Acquire(ctx, n)
+	cancel()
+	b.waiting.Dec()
+	if err != nil {
+		if h.ctx.Err() != nil {
+			return status.FromContextError(h.ctx.Err()).Err()
+		}
+		b.refused.Inc()
+		return rpctypes.ErrGRPCRequestTooManyRequests
+	}
 	return nil
 }
 
@@ -193,9 +244,13 @@ func (h *readHold) release() {
 	if h == nil || h.b == nil || h.held == 0 {
 		return
 	}
-	h.b.sem.Release(h.held)
+	lane := &h.b.small
+	if h.big {
+		lane = &h.b.big
+	}
+	lane.sem.Release(h.held)
 	h.b.inFlight.Sub(float64(h.held))
-	h.held = 0
+	h.held, h.big = 0, false
 }
 
 // holdUntilSent attaches a share to every unary Range and Txn and releases it once

@@ -35,7 +35,7 @@ func TestReadBudget(t *testing.T) {
 	srv, c := testenv.StartAxon(t, server.Config{
 		MaxRequestBytes:      maxRequest,
 		MaxReadBytesInFlight: budget,
-		ReadWaitTimeout:      300 * time.Millisecond,
+		ReadWaitTimeout:      3 * time.Second, // the single-object reads behind a waiting LIST answer well within it
 		ListenMetricsURLs:    []string{"http://127.0.0.1:0"},
 	})
 	metrics := srv.MetricsURLs()[0]
@@ -53,7 +53,27 @@ func TestReadBudget(t *testing.T) {
 	waitMetric(t, metrics, "axon_read_bytes_in_flight", func(v float64) bool { return v >= 2*maxRequest })
 
 	// The whole LIST does not fit next to the stream: it waits, then fails.
-	_, err = c.Get(ctx, "/big/", clientv3.WithPrefix())
+	// While it waits, single-object reads, alone and in a Txn (a CAS
+	// update's Else), are answered: they do not queue behind it.
+	listDone := make(chan error, 1)
+	go func() {
+		_, err := c.Get(ctx, "/big/", clientv3.WithPrefix())
+		listDone <- err
+	}()
+	waitMetric(t, metrics, "axon_reads_waiting", func(v float64) bool { return v == 1 })
+	if r, err := c.Get(ctx, "/big/00005"); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("single-object read while a LIST waits for room: %v, %v", r, err)
+	}
+	if tr, err := c.Txn(ctx).If(clientv3.Compare(clientv3.Version("/big/00006"), "=", 0)).
+		Else(clientv3.OpGet("/big/00006")).Commit(); err != nil || len(tr.Responses) != 1 {
+		t.Fatalf("CAS-shaped Txn while a LIST waits for room: %v, %v", tr, err)
+	}
+	select {
+	case err := <-listDone:
+		t.Fatalf("the LIST finished (%v) before the single-object reads behind it were answered: they queued behind it", err)
+	default:
+	}
+	err = <-listDone
 	if ee, ok := err.(rpctypes.EtcdError); !ok || ee.Code() != codes.ResourceExhausted || ee.Error() != "etcdserver: too many requests" {
 		t.Fatalf("LIST over the budget: %v, want ResourceExhausted: etcdserver: too many requests", err)
 	}
