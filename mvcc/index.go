@@ -65,7 +65,7 @@ const (
 	// leafMax keys make a leaf split in two. A lookup decodes half a leaf
 	// on average; an update re-encodes the entry it changes and moves the
 	// bytes after it.
-	leafMax = 64
+	leafMax = 32
 	// leafMaxBytes splits a leaf of a few long keys.
 	leafMaxBytes = 8 << 10
 	// leafLoadFill is how full LoadIndex fills leaves, leaving room for

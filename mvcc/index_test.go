@@ -587,3 +587,43 @@ func keysOf(es []mvcc.Entry) []string {
 	}
 	return out
 }
+
+// BenchmarkIndexGet looks up random keys of 1,000,000 (axon bench's
+// shape), as a Txn compare does; BenchmarkIndexCreate adds keys at random
+// places, as creates do.
+func BenchmarkIndexGet(b *testing.B) {
+	const n = 1_000_000
+	idx := mvcc.NewIndex(1, 0)
+	key := func(i int) []byte { return fmt.Appendf(nil, "/registry/configmaps/ns-%04d/obj-%042d", i%100, i) }
+	for i := range n {
+		rev := int64(i + 2)
+		idx.Apply(rev, &axonpb.RevisionRecord{Revision: rev, Changes: []*axonpb.Change{{Key: key(i), Kv: &axonpb.KeyValue{}}}})
+	}
+	keys := make([][]byte, 4096)
+	r := rand.New(rand.NewSource(1))
+	for i := range keys {
+		keys[i] = key(r.Intn(n))
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, ok := idx.Get(keys[i%len(keys)], n+2); !ok {
+			b.Fatal("missing")
+		}
+	}
+}
+
+func BenchmarkIndexCreate(b *testing.B) {
+	idx := mvcc.NewIndex(1, 0)
+	r := rand.New(rand.NewSource(1))
+	rec := &axonpb.RevisionRecord{Changes: []*axonpb.Change{{Kv: &axonpb.KeyValue{}}}}
+	keys := make([][]byte, b.N)
+	for i := range keys {
+		keys[i] = fmt.Appendf(nil, "/registry/configmaps/ns-%04d/obj-%042d", r.Intn(100), r.Int63())
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		rec.Revision = int64(i + 2)
+		rec.Changes[0].Key = keys[i]
+		idx.Apply(rec.Revision, rec)
+	}
+}
