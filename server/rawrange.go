@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"math"
 	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -71,6 +72,21 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 	if r.Limit > 0 {
 		want = int(r.Limit) + 1 // one past the limit tells more
 	}
+	// The answer once, and the index entries naming it. The share is
+	// taken before the entries are built (from the index, which counts
+	// without building them): LISTs waiting for room each held their
+	// whole range's entries and keys, outside the budget.
+	h := k.s.reads.hold(ctx)
+	defer h.done()
+	limit := -1
+	if r.Limit > 0 {
+		limit = int(min(r.Limit, math.MaxInt32))
+	}
+	n, keyBytes := src.Idx.Size(r.Key, r.RangeEnd, rev, limit)
+	estimate := k.s.reads.estimateN(n, keyBytes, wireOverhead)
+	if err := h.grow(estimate); err != nil {
+		return nil, err
+	}
 	entries, count, err := src.Entries(r.Key, r.RangeEnd, rev, want)
 	if err != nil {
 		return nil, err
@@ -78,13 +94,6 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 	more := r.Limit > 0 && int64(len(entries)) > r.Limit
 	if more {
 		entries = entries[:r.Limit]
-	}
-	h := k.s.reads.hold(ctx)
-	defer h.done()
-	// The answer once, and the index entries naming it.
-	estimate := k.s.reads.estimate(entries, wireOverhead)
-	if err := h.grow(estimate); err != nil {
-		return nil, err
 	}
 
 	// The pieces come from gRPC's buffer pool and go back to it once gRPC

@@ -101,6 +101,11 @@ func (b *readBudget) estimate(es []mvcc.Entry, overhead int64) int64 {
 	return n
 }
 
+// estimateN is estimate for n key-values of keyBytes key bytes in all.
+func (b *readBudget) estimateN(n int, keyBytes, overhead int64) int64 {
+	return keyBytes + int64(n)*(b.meanValue.Load()+overhead)
+}
+
 // txnEstimate is what the answers of t's range operations hold, from the
 // index at its newest revision: every range of both branches counts
 // (whichever runs, no more than that is held), twice, as decoded
