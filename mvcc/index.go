@@ -585,6 +585,8 @@ func (x *Index) walk(start, end []byte, rev int64, fn func(Entry) bool) {
 				return false // done stays true
 			}
 			// From the key after this one, should the next stop the batch.
+			// (ascend reads its from, which aliases this buffer, only until
+			// it reaches the first key at or after it, before any fn.)
 			from = append(append(from[:0], c.key...), 0)
 			return true
 		})

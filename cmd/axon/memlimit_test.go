@@ -165,13 +165,16 @@ func TestServeMemoryLimit(t *testing.T) {
 // TestServeGCPercent checks the collector's target: the default, GOGC
 // winning over the default, and the flag winning over GOGC.
 func TestServeGCPercent(t *testing.T) {
-	prev := debug.SetGCPercent(100)
+	// A value that is neither the default nor Go's, so that setting and
+	// leaving alone are told apart.
+	const other = 77
+	prev := debug.SetGCPercent(other)
 	t.Cleanup(func() { debug.SetGCPercent(prev) })
 
 	if _, out, err := parseServe(t, nil); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if got := debug.SetGCPercent(100); got != defaultGCPercent {
+	if got := debug.SetGCPercent(other); got != defaultGCPercent {
 		t.Errorf("GC percent by default = %d, want %d", got, defaultGCPercent)
 	}
 
@@ -180,8 +183,8 @@ func TestServeGCPercent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if got := debug.SetGCPercent(100); got != 100 {
-		t.Errorf("GC percent with GOGC set = %d, want it left alone (100)", got)
+	if got := debug.SetGCPercent(other); got != other {
+		t.Errorf("GC percent with GOGC set = %d, want it left alone (%d)", got, other)
 	}
 	if !strings.Contains(out, "source=GOGC") {
 		t.Errorf("log does not say GOGC was used:\n%s", out)
@@ -190,7 +193,7 @@ func TestServeGCPercent(t *testing.T) {
 	if _, out, err := parseServe(t, nil, "--gc-percent", "30"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if got := debug.SetGCPercent(100); got != 30 {
+	if got := debug.SetGCPercent(other); got != 30 {
 		t.Errorf("GC percent from --gc-percent 30 = %d, want 30", got)
 	}
 }
