@@ -3,6 +3,7 @@ package mvcc
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"runtime"
 	"slices"
 	"strings"
@@ -812,10 +813,18 @@ type loader struct {
 	x    *Index
 	lf   *leaf
 	buf  []byte
-	prev []byte
+	prev []byte // the key before, in this leaf
+	last []byte // the key before
+	any  bool
 }
 
-func (l *loader) add(k *keyIndex) {
+// add appends k, which must come after every key added before: leaves
+// built out of order would answer lookups wrongly, so that is refused.
+func (l *loader) add(k *keyIndex) error {
+	if l.any && k.key <= str(l.last) {
+		return fmt.Errorf("mvcc: key index: history of %q comes after that of %q", k.key, l.last)
+	}
+	l.last, l.any = append(l.last[:0], k.key...), true
 	x := l.x
 	if l.lf == nil {
 		l.lf = x.leafFor("").lf
@@ -835,6 +844,7 @@ func (l *loader) add(k *keyIndex) {
 	if !deadAtTip(k) {
 		x.live++
 	}
+	return nil
 }
 
 // flush gives the current leaf its bytes, sized to them.

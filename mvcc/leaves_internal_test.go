@@ -160,3 +160,21 @@ func compactStrings(s []string) []string {
 	}
 	return out
 }
+
+// The loader refuses keys that do not come in ascending order (a leaf
+// built out of order would answer lookups wrongly), and a key given twice.
+func TestLoaderRefusesDisorder(t *testing.T) {
+	l := loader{x: NewIndex(10, 0)}
+	for _, k := range []string{"/a", "/b"} {
+		if err := l.add(&keyIndex{key: k, last: 5, created: 5, ver: 1}); err != nil {
+			t.Fatalf("add %q: %v", k, err)
+		}
+	}
+	for _, k := range []string{"/a0", "/b"} {
+		if err := l.add(&keyIndex{key: k, last: 5, created: 5, ver: 1}); err == nil {
+			t.Fatalf("add %q after /b: accepted", k)
+		}
+	}
+	l.flush()
+	checkLeaves(t, l.x, []string{"/a", "/b"})
+}

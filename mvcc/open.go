@@ -164,15 +164,15 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 		prefix []byte
 		load   = loader{x: x}
 	)
-	finish := func() {
+	finish := func() error {
 		if !have {
-			return
+			return nil
 		}
 		if deadAtTip(&k) {
 			k.lease = 0
 		}
-		load.add(&k)
 		have = false
+		return load.add(&k)
 	}
 	start := time.Now()
 	err = snap.Scan([]byte{prefixHistory}, []byte{prefixHistory + 1}, backend.ScanOptions{}, func(bk, v []byte) error {
@@ -185,7 +185,9 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 		}
 		p := bk[:len(bk)-8]
 		if !have || !bytes.Equal(p, prefix) {
-			finish()
+			if err := finish(); err != nil {
+				return err
+			}
 			prefix = append(prefix[:0], p...)
 			keyBuf = append(keyBuf[:0], userKeyOfHistoryPrefix(p)...)
 			k, have = keyIndex{key: str(keyBuf)}, true
@@ -200,7 +202,9 @@ func LoadIndex(be backend.Backend) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	finish()
+	if err := finish(); err != nil {
+		return nil, err
+	}
 	load.flush()
 	_ = start
 	return x, nil
