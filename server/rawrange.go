@@ -78,11 +78,14 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 	// whole range's entries and keys, outside the budget.
 	h := k.s.reads.hold(ctx)
 	defer h.done()
-	limit := -1
-	if r.Limit > 0 {
-		limit = int(min(r.Limit, math.MaxInt32))
+	n, keyBytes := 1, int64(len(r.Key)) // one key: at most itself, no lookup
+	if len(r.RangeEnd) > 0 {
+		limit := -1
+		if r.Limit > 0 {
+			limit = int(min(r.Limit, math.MaxInt32))
+		}
+		n, keyBytes = src.Idx.Size(r.Key, r.RangeEnd, rev, limit)
 	}
-	n, keyBytes := src.Idx.Size(r.Key, r.RangeEnd, rev, limit)
 	estimate := k.s.reads.estimateN(n, keyBytes, wireOverhead)
 	if err := h.grow(estimate); err != nil {
 		return nil, err

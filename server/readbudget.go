@@ -121,14 +121,17 @@ func (b *readBudget) txnEstimate(idx *mvcc.Index, t *pb.TxnRequest) int64 {
 		if r == nil || r.CountOnly {
 			return true
 		}
-		if rev == 0 {
-			rev, _ = idx.Rev()
+		n, keyBytes := 1, int64(len(r.Key)) // one key: at most itself, no lookup
+		if len(r.RangeEnd) > 0 {
+			if rev == 0 {
+				rev, _ = idx.Rev()
+			}
+			limit := int(r.Limit)
+			if limit <= 0 {
+				limit = -1
+			}
+			n, keyBytes = idx.Size(r.Key, r.RangeEnd, rev, limit)
 		}
-		limit := int(r.Limit)
-		if limit <= 0 {
-			limit = -1
-		}
-		n, keyBytes := idx.Size(r.Key, r.RangeEnd, rev, limit)
 		per := int64(kvOverhead)
 		if !r.KeysOnly {
 			per += mean
