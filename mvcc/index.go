@@ -60,6 +60,13 @@ type leafRef struct {
 type leaf struct {
 	n    int    // keys
 	data []byte // the entries, see appendEntry
+	// Totals of the keys alive at the newest revision, and a bound on
+	// every revision the leaf holds: a count at a revision at or after top
+	// (every count at the current revision) takes a leaf wholly inside its
+	// range from these instead of decoding it.
+	alive      int
+	aliveBytes int64
+	top        int64
 }
 
 const (
@@ -487,15 +494,24 @@ func (x *Index) Range(start, end []byte, rev int64, max int) ([]Entry, int64) {
 		}
 		return out, count
 	}
-	var keys keyArena
+	var (
+		keys keyArena
+		rest []byte
+	)
 	x.walk(start, end, rev, func(e Entry) bool {
 		count++
-		if max < 0 || len(out) < max {
-			e.Key = keys.clone(e.Key)
-			out = append(out, e)
+		if max >= 0 && len(out) >= max {
+			rest = append([]byte(e.Key), 0) // the others are only counted
+			return false
 		}
+		e.Key = keys.clone(e.Key)
+		out = append(out, e)
 		return true
 	})
+	if rest != nil {
+		n, _ := x.count(rest, end, rev)
+		count += int64(n)
+	}
 	return out, count
 }
 
@@ -512,12 +528,85 @@ func (x *Index) Size(start, end []byte, rev int64, max int) (n int, keyBytes int
 		}
 		return 0, 0
 	}
+	if max < 0 {
+		return x.count(start, end, rev)
+	}
 	x.walk(start, end, rev, func(e Entry) bool {
 		n++
 		keyBytes += int64(len(e.Key))
-		return max < 0 || n < max
+		return n < max
 	})
 	return n, keyBytes
+}
+
+// count returns how many keys of [from, end) (end non-empty; "\x00" means
+// to the end) are alive at rev, and their bytes. A leaf wholly inside the
+// range that holds no revision after rev is counted from its totals; the
+// others are decoded. Like walk, it releases the lock every walkBatch
+// decoded keys (or leaves) and goes on from the next leaf's lower bound:
+// a key added meanwhile below it was created after rev.
+func (x *Index) count(from, end []byte, rev int64) (n int, keyBytes int64) {
+	toEnd := len(end) == 1 && end[0] == 0
+	if !toEnd && bytes.Compare(end, from) <= 0 {
+		return 0, 0
+	}
+	c := cursors.Get().(*cursor)
+	defer cursors.Put(c)
+	c.hist = x.hist
+	cur := string(from)
+	// decode counts lf's keys in [cur, end), reporting whether it reached end.
+	decode := func(lf *leaf) bool {
+		c.reset(lf)
+		for c.next() {
+			if str(c.key) < cur {
+				continue
+			}
+			if !toEnd && bytes.Compare(c.key, end) >= 0 {
+				return true
+			}
+			if _, ok := c.state(rev); ok {
+				n++
+				keyBytes += int64(len(c.key))
+			}
+		}
+		return false
+	}
+	for {
+		x.mu.RLock()
+		var endLow string // the leaf end falls in: the last one to decode
+		if !toEnd {
+			endLow = x.leafFor(str(end)).low
+		}
+		firstLow := x.leafFor(cur).low
+		visited, done := 0, true
+		var resume string
+		x.leaves.AscendGreaterOrEqual(leafRef{low: firstLow}, func(r leafRef) bool {
+			if visited >= walkBatch {
+				done, resume = false, r.low
+				return false
+			}
+			lf := r.lf
+			switch {
+			case r.low == firstLow || (!toEnd && r.low == endLow):
+				visited += lf.n
+				return !decode(lf) && (toEnd || r.low != endLow)
+			case rev >= lf.top:
+				visited++
+				n += lf.alive
+				keyBytes += lf.aliveBytes
+			default:
+				visited += lf.n
+				decode(lf)
+			}
+			return true
+		})
+		x.mu.RUnlock()
+		if done {
+			return n, keyBytes
+		}
+		cur = resume
+		runtime.Gosched()
+	}
 }
 
 // Page returns up to max entries (max > 0) of the keys of [start, end)
@@ -617,8 +706,9 @@ func (x *Index) Apply(rev int64, recs ...*axonpb.RevisionRecord) {
 func (x *Index) change(rev int64, ch *axonpb.Change) {
 	key := str(ch.Key)
 	ref := x.leafFor(key)
+	lf := ref.lf
 	c := &x.wc
-	found := c.seek(ref.lf, key)
+	found := c.seek(lf, key)
 	c.full()
 	if ch.Delete {
 		if !found || deadAtTip(&c.k) {
@@ -628,17 +718,23 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 		k.push(rev, true)
 		k.lease = 0
 		x.live--
-		x.replace(ref.lf, c, &k)
+		lf.top = max(lf.top, rev)
+		lf.alive--
+		lf.aliveBytes -= int64(len(key))
+		x.replace(lf, c, &k)
 		return
 	}
+	lf.top = max(lf.top, rev)
 	var lease int64
 	if ch.Kv != nil {
 		lease = ch.Kv.Lease
 	}
 	if !found {
 		k := keyIndex{key: key, last: rev, created: rev, ver: 1, lease: lease}
-		x.insert(ref, c, &k)
 		x.live++
+		lf.alive++
+		lf.aliveBytes += int64(len(key))
+		x.insert(ref, c, &k) // last: it may split the leaf
 		return
 	}
 	k := c.k
@@ -646,6 +742,8 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 	if deadAtTip(&k) {
 		k.begin(rev, rev, 1)
 		x.live++
+		lf.alive++
+		lf.aliveBytes += int64(len(key))
 	} else {
 		k.push(rev, false)
 	}
@@ -760,6 +858,9 @@ func (x *Index) mergeNext(ref leafRef) {
 	}
 	x.splice(lf, len(lf.data), len(lf.data), x.scratch)
 	lf.n += next.n
+	lf.alive += next.alive
+	lf.aliveBytes += next.aliveBytes
+	lf.top = max(lf.top, next.top)
 	x.dropLeaf(nextRef)
 }
 
@@ -784,8 +885,23 @@ func (x *Index) split(lf *leaf) {
 	x.dataBytes += int64(cap(left)+cap(right)) - int64(cap(lf.data))
 	low := string(c.key)
 	x.lowBytes += int64(len(low))
-	x.leaves.ReplaceOrInsert(leafRef{low: low, lf: &leaf{n: lf.n - mid, data: right}})
+	r := &leaf{n: lf.n - mid, data: right, top: lf.top}
+	x.leaves.ReplaceOrInsert(leafRef{low: low, lf: r})
 	lf.n, lf.data = mid, left
+	recount(c, lf)
+	recount(c, r)
+}
+
+// recount sets lf's totals of keys alive at the newest revision.
+func recount(c *cursor, lf *leaf) {
+	lf.alive, lf.aliveBytes = 0, 0
+	c.reset(lf)
+	for c.next() {
+		if !deadAtTip(&c.k) {
+			lf.alive++
+			lf.aliveBytes += int64(len(c.key))
+		}
+	}
 }
 
 // splice replaces lf.data[a:b] with mid (which must not alias it).
@@ -828,11 +944,12 @@ func (l *loader) add(k *keyIndex) error {
 	x := l.x
 	if l.lf == nil {
 		l.lf = x.leafFor("").lf
+		l.lf.top = x.rev
 	}
 	if l.lf.n >= leafLoadFill || len(l.buf) > leafMaxBytes/2 {
 		l.flush()
 		low := strings.Clone(k.key)
-		l.lf = &leaf{}
+		l.lf = &leaf{top: x.rev}
 		x.lowBytes += int64(len(low))
 		x.leaves.ReplaceOrInsert(leafRef{low: low, lf: l.lf})
 		l.prev = l.prev[:0]
@@ -843,6 +960,8 @@ func (l *loader) add(k *keyIndex) error {
 	x.keys++
 	if !deadAtTip(k) {
 		x.live++
+		l.lf.alive++
+		l.lf.aliveBytes += int64(len(k.key))
 	}
 	return nil
 }

@@ -34,9 +34,17 @@ func checkLeaves(t *testing.T, x *Index, want []string) {
 			t.Fatalf("leaf %d (low %q) is empty", i, r.low)
 		}
 		c.reset(r.lf)
-		n := 0
+		n, alive, aliveBytes := 0, 0, int64(0)
 		for c.next() {
 			k := string(c.key)
+			if !deadAtTip(&c.k) {
+				alive++
+				aliveBytes += int64(len(k))
+			}
+			c.full()
+			if top := newestRev(&c.k); top > r.lf.top {
+				t.Fatalf("leaf %d (low %q): %q has revision %d, the leaf's top is %d", i, r.low, k, top, r.lf.top)
+			}
 			if _, ok := x.hist[k]; ok != (c.restAt < 0) {
 				t.Fatalf("%q: history out of line %v, in Index.hist %v", k, c.restAt < 0, ok)
 			}
@@ -54,6 +62,9 @@ func checkLeaves(t *testing.T, x *Index, want []string) {
 		}
 		if n != r.lf.n {
 			t.Fatalf("leaf %d (low %q): counts %d keys, decodes %d", i, r.low, r.lf.n, n)
+		}
+		if alive != r.lf.alive || aliveBytes != r.lf.aliveBytes {
+			t.Fatalf("leaf %d (low %q): totals %d alive keys of %d bytes, decodes %d of %d", i, r.low, r.lf.alive, r.lf.aliveBytes, alive, aliveBytes)
 		}
 		bytes += int64(cap(r.lf.data))
 		lows += int64(len(r.low))
@@ -143,11 +154,73 @@ func testLeafInvariants(t *testing.T) {
 				}
 				sort.Strings(want)
 				checkLeaves(t, x, want)
+				checkCounts(t, x, r, keys, rev, alive)
 			}
 			if kinds["fewer leaves"] == 0 {
 				t.Fatal("no compaction merged or dropped a leaf")
 			}
 		})
+	}
+}
+
+// newestRev is the newest revision k holds.
+func newestRev(k *keyIndex) int64 {
+	top := k.last
+	for _, r := range k.earlier() {
+		top = max(top, r)
+	}
+	for _, g := range k.older() {
+		for _, r := range g.revs {
+			top = max(top, r)
+		}
+	}
+	return top
+}
+
+// checkCounts compares the counts of random ranges at random revisions
+// (Range's count and Size, which skip leaves by their totals) with a walk
+// that decodes every key, and at the newest revision with alive.
+func checkCounts(t *testing.T, x *Index, r *rand.Rand, keys []string, rev int64, alive map[string]bool) {
+	t.Helper()
+	for range 30 {
+		a, b := keys[r.Intn(len(keys))], keys[r.Intn(len(keys))]
+		if r.Intn(4) == 0 {
+			a = "" // from the first key
+		}
+		end := []byte(b)
+		if r.Intn(4) == 0 {
+			end = []byte{0} // to the end
+		}
+		at := rev
+		if r.Intn(2) == 0 {
+			at = 1 + r.Int63n(rev)
+		}
+		var want int
+		var wantBytes int64
+		x.walk([]byte(a), end, at, func(e Entry) bool {
+			want++
+			wantBytes += int64(len(e.Key))
+			return true
+		})
+		if at == rev {
+			n := 0
+			for k, ok := range alive {
+				if ok && k >= a && (len(end) == 1 && end[0] == 0 || k < b) {
+					n++
+				}
+			}
+			if n != want {
+				t.Fatalf("[%q, %q) at %d: the walk finds %d keys, %d are alive", a, end, at, want, n)
+			}
+		}
+		if n, kb := x.Size([]byte(a), end, at, -1); n != want || kb != wantBytes {
+			t.Fatalf("Size [%q, %q) at %d (newest %d) = %d keys, %d bytes; the walk finds %d, %d", a, end, at, rev, n, kb, want, wantBytes)
+		}
+		lim := r.Intn(40)
+		es, n := x.Range([]byte(a), end, at, lim)
+		if int(n) != want || len(es) != min(lim, want) {
+			t.Fatalf("Range [%q, %q) at %d limit %d = %d entries, count %d; the walk finds %d", a, end, at, lim, len(es), n, want)
+		}
 	}
 }
 
