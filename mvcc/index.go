@@ -126,7 +126,7 @@ type generation struct {
 //
 //	uvarint shared    bytes of the previous key of the leaf it starts with
 //	uvarint n, n bytes the rest of the key
-//	byte    flags     entryTomb, entryRest
+//	byte    flags     entryTomb, entryRest, entryOut
 //	uvarint last
 //	varint  last-created, varint ver
 //	uvarint lease
@@ -138,8 +138,8 @@ type generation struct {
 //
 // The rest is sized so that a walk or a lookup passing a key with a long
 // history skips it; a read at or after the key's newest revision needs
-// only the count.
-// A leaf's first entry shares nothing, so a leaf decodes on its own.
+// only the count. A leaf's first entry shares nothing, so a leaf decodes
+// on its own.
 const (
 	entryTomb = 1 << iota
 	entryRest
@@ -710,6 +710,7 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 	c := &x.wc
 	found := c.seek(lf, key)
 	c.full()
+	lf.top = max(lf.top, rev)
 	if ch.Delete {
 		if !found || deadAtTip(&c.k) {
 			return // nothing to delete (cannot happen for a committed record)
@@ -717,23 +718,17 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 		k := c.k
 		k.push(rev, true)
 		k.lease = 0
-		x.live--
-		lf.top = max(lf.top, rev)
-		lf.alive--
-		lf.aliveBytes -= int64(len(key))
+		x.counted(lf, key, -1)
 		x.replace(lf, c, &k)
 		return
 	}
-	lf.top = max(lf.top, rev)
 	var lease int64
 	if ch.Kv != nil {
 		lease = ch.Kv.Lease
 	}
 	if !found {
 		k := keyIndex{key: key, last: rev, created: rev, ver: 1, lease: lease}
-		x.live++
-		lf.alive++
-		lf.aliveBytes += int64(len(key))
+		x.counted(lf, key, 1)
 		x.insert(ref, c, &k) // last: it may split the leaf
 		return
 	}
@@ -741,13 +736,19 @@ func (x *Index) change(rev int64, ch *axonpb.Change) {
 	k.lease = lease
 	if deadAtTip(&k) {
 		k.begin(rev, rev, 1)
-		x.live++
-		lf.alive++
-		lf.aliveBytes += int64(len(key))
+		x.counted(lf, key, 1)
 	} else {
 		k.push(rev, false)
 	}
-	x.replace(ref.lf, c, &k)
+	x.replace(lf, c, &k)
+}
+
+// counted records that key, in lf, came alive (d 1) or died (d -1) at the
+// newest revision.
+func (x *Index) counted(lf *leaf, key string, d int) {
+	x.live += int64(d)
+	lf.alive += d
+	lf.aliveBytes += int64(d * len(key))
 }
 
 // replace re-encodes the entry c is on (k has its key).
@@ -805,8 +806,8 @@ func (x *Index) placeRest(k *keyIndex, owned bool) bool {
 	return true
 }
 
-// remove drops the entry c is on and merges the leaf into the one before
-// it, or the next into it, when they are small.
+// remove drops the entry c is on, then merges the next leaf into c's when
+// both are small, or drops c's leaf when it is empty (see mergeNext).
 func (x *Index) remove(ref leafRef, c *cursor) {
 	lf := ref.lf
 	if c.restAt < 0 {
@@ -832,15 +833,15 @@ func (x *Index) remove(ref leafRef, c *cursor) {
 // drops ref's leaf when it is empty (unless it is the first).
 func (x *Index) mergeNext(ref leafRef) {
 	lf := ref.lf
+	if lf.n == 0 && ref.low != "" {
+		x.dropLeaf(ref)
+		return
+	}
 	var nextRef leafRef
 	x.leaves.AscendGreaterOrEqual(leafRef{low: ref.low + "\x00"}, func(r leafRef) bool {
 		nextRef = r
 		return false
 	})
-	if lf.n == 0 && ref.low != "" {
-		x.dropLeaf(ref)
-		return
-	}
 	next := nextRef.lf
 	if next == nil || lf.n+next.n > leafMax*3/4 || len(lf.data)+len(next.data) > leafMaxBytes {
 		return
@@ -959,9 +960,7 @@ func (l *loader) add(k *keyIndex) error {
 	l.lf.n++
 	x.keys++
 	if !deadAtTip(k) {
-		x.live++
-		l.lf.alive++
-		l.lf.aliveBytes += int64(len(k.key))
+		x.counted(l.lf, k.key, 1)
 	}
 	return nil
 }
