@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"math"
 	"slices"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -78,14 +77,7 @@ func (k *kvService) rangeAny(ctx context.Context, r *pb.RangeRequest) (any, erro
 	// whole range's entries and keys, outside the budget.
 	h := k.s.reads.hold(ctx)
 	defer h.done()
-	n, keyBytes := 1, int64(len(r.Key)) // one key: at most itself, no lookup
-	if len(r.RangeEnd) > 0 {
-		limit := -1
-		if r.Limit > 0 {
-			limit = int(min(r.Limit, math.MaxInt32))
-		}
-		n, keyBytes = src.Idx.Size(r.Key, r.RangeEnd, rev, limit)
-	}
+	n, keyBytes := rangeSize(src.Idx, r, rev)
 	estimate := k.s.reads.estimateN(n, keyBytes, wireOverhead)
 	if err := h.grow(estimate); err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -93,12 +94,11 @@ func newReadBudget(size int64, wait time.Duration, reg prometheus.Registerer) *r
 // estimate is what answering es holds, counting per key-value its key,
 // a value of the running mean and overhead bytes.
 func (b *readBudget) estimate(es []mvcc.Entry, overhead int64) int64 {
-	mean := b.meanValue.Load()
-	var n int64
+	var keyBytes int64
 	for _, e := range es {
-		n += int64(len(e.Key)) + mean + overhead
+		keyBytes += int64(len(e.Key))
 	}
-	return n
+	return b.estimateN(len(es), keyBytes, overhead)
 }
 
 // estimateN is estimate for n key-values of keyBytes key bytes in all.
@@ -121,17 +121,10 @@ func (b *readBudget) txnEstimate(idx *mvcc.Index, t *pb.TxnRequest) int64 {
 		if r == nil || r.CountOnly {
 			return true
 		}
-		n, keyBytes := 1, int64(len(r.Key)) // one key: at most itself, no lookup
-		if len(r.RangeEnd) > 0 {
-			if rev == 0 {
-				rev, _ = idx.Rev()
-			}
-			limit := int(r.Limit)
-			if limit <= 0 {
-				limit = -1
-			}
-			n, keyBytes = idx.Size(r.Key, r.RangeEnd, rev, limit)
+		if rev == 0 && len(r.RangeEnd) > 0 {
+			rev, _ = idx.Rev()
 		}
+		n, keyBytes := rangeSize(idx, r, rev)
 		per := int64(kvOverhead)
 		if !r.KeysOnly {
 			per += mean
@@ -140,6 +133,20 @@ func (b *readBudget) txnEstimate(idx *mvcc.Index, t *pb.TxnRequest) int64 {
 		return true
 	})
 	return total
+}
+
+// rangeSize is how many key-values r answers at rev at most (its limit
+// counts) and the bytes of their keys, from the index; a one-key range is
+// taken as the key itself, without a lookup.
+func rangeSize(idx *mvcc.Index, r *pb.RangeRequest, rev int64) (n int, keyBytes int64) {
+	if len(r.RangeEnd) == 0 {
+		return 1, int64(len(r.Key))
+	}
+	limit := -1
+	if r.Limit > 0 {
+		limit = int(min(r.Limit, math.MaxInt32))
+	}
+	return idx.Size(r.Key, r.RangeEnd, rev, limit)
 }
 
 // wireOverhead is what an answered key-value costs besides its key and
