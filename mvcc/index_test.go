@@ -116,6 +116,14 @@ type op struct {
 	del bool
 }
 
+// flipOps deletes a random key and creates it again, or creates and
+// deletes it, in one revision.
+func (h *harness) flipOps(r *rand.Rand) []op {
+	k := h.keys[r.Intn(len(h.keys))]
+	first := r.Intn(2) == 0
+	return []op{{key: k, del: first}, {key: k, del: !first}}
+}
+
 // revision commits ops as one revision (a key may appear twice: deleted
 // and created again, or created and deleted, in one transaction).
 func (h *harness) revision(ops []op, flushOps int) {
@@ -165,6 +173,21 @@ func (h *harness) compact(rev int64) {
 		h.t.Fatal(err)
 	}
 	h.comp = rev
+}
+
+// checkRebuilt rebuilds an index from the store and checks it against the
+// model and the live index.
+func (h *harness) checkRebuilt() {
+	h.t.Helper()
+	rebuilt, err := mvcc.LoadIndex(h.be)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	rebuilt.SetCompacted(h.comp)
+	h.check(rebuilt, "rebuilt index")
+	if rebuilt.Live() != h.idx.Live() || rebuilt.Len() != h.idx.Len() {
+		h.t.Fatalf("rebuilt: %d live of %d keys; live index: %d of %d", rebuilt.Live(), rebuilt.Len(), h.idx.Live(), h.idx.Len())
+	}
 }
 
 // check compares idx with the model at every readable revision, and reads
@@ -256,10 +279,8 @@ func testIndexMatchesModel(t *testing.T) {
 				switch x := r.Intn(10); {
 				case x < 6:
 					ops = []op{{key: h.keys[r.Intn(len(h.keys))], del: r.Intn(4) == 0}}
-				case x < 8: // delete and create again, or create and delete
-					k := h.keys[r.Intn(len(h.keys))]
-					first := r.Intn(2) == 0
-					ops = []op{{key: k, del: first}, {key: k, del: !first}}
+				case x < 8:
+					ops = h.flipOps(r)
 				default: // many keys in one revision
 					for _, k := range h.keys {
 						if r.Intn(2) == 0 {
@@ -276,15 +297,7 @@ func testIndexMatchesModel(t *testing.T) {
 				}
 			}
 			h.check(h.idx, "live index")
-			rebuilt, err := mvcc.LoadIndex(h.be)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rebuilt.SetCompacted(h.comp)
-			h.check(rebuilt, "rebuilt index")
-			if rebuilt.Live() != h.idx.Live() {
-				t.Fatalf("live keys: rebuilt %d, live %d", rebuilt.Live(), h.idx.Live())
-			}
+			h.checkRebuilt()
 			// Compacting everything leaves one state per live key.
 			h.compact(h.rev)
 			h.check(h.idx, "after full compaction")
@@ -315,10 +328,8 @@ func testIndexLeavesMatchModel(t *testing.T) {
 				switch x := r.Intn(10); {
 				case x < 3:
 					ops = []op{{key: h.keys[r.Intn(len(h.keys))], del: r.Intn(3) == 0}}
-				case x < 5: // delete and create again, or create and delete
-					k := h.keys[r.Intn(len(h.keys))]
-					first := r.Intn(2) == 0
-					ops = []op{{key: k, del: first}, {key: k, del: !first}}
+				case x < 5:
+					ops = h.flipOps(r)
 				default: // a run of neighbouring keys in one revision, mostly
 					// created early on and mostly deleted later, so leaves fill
 					// up and then empty out
@@ -336,15 +347,7 @@ func testIndexLeavesMatchModel(t *testing.T) {
 					h.check(h.idx, "live index")
 				}
 			}
-			rebuilt, err := mvcc.LoadIndex(h.be)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rebuilt.SetCompacted(h.comp)
-			h.check(rebuilt, "rebuilt index")
-			if rebuilt.Live() != h.idx.Live() || rebuilt.Len() != h.idx.Len() {
-				t.Fatalf("rebuilt: %d live of %d keys; live index: %d of %d", rebuilt.Live(), rebuilt.Len(), h.idx.Live(), h.idx.Len())
-			}
+			h.checkRebuilt()
 			h.compact(h.rev)
 			h.check(h.idx, "after full compaction")
 			if int64(h.idx.Len()) != h.idx.Live() {
